@@ -1,0 +1,32 @@
+"""Client-Server API blueprints, mounted under /_matrix/client/v3 and /r0."""
+
+from __future__ import annotations
+
+import importlib
+
+from quart import Blueprint
+
+_MODULES = ["account", "rooms", "events", "sync", "ephemeral", "user_data", "profile", "directory"]
+
+
+def blueprints() -> list[Blueprint]:
+    out = []
+    for name in _MODULES:
+        try:
+            mod = importlib.import_module(f"homeserver.api.client.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"homeserver.api.client.{name}":
+                raise
+            continue
+        out.append(mod.bp)
+    return out
+
+
+def unstable_blueprints() -> list[Blueprint]:
+    out = []
+    try:
+        from homeserver.api import nexa
+        out.append(nexa.bp)
+    except ImportError:
+        pass
+    return out

@@ -1,0 +1,110 @@
+"""create_app(config): one Quart application around one HomeServer, with no module globals."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from quart import Quart, request
+from werkzeug.exceptions import HTTPException
+
+from homeserver.api.common import respond
+from homeserver.config import Config
+from homeserver.errors import MatrixError
+from homeserver.server import HomeServer
+
+log = logging.getLogger(__name__)
+
+CLIENT_PREFIXES = ("/_matrix/client/v3", "/_matrix/client/r0")
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, HEAD, POST, PUT, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization, Date",
+}
+
+
+def create_app(config: Config, hs: HomeServer | None = None) -> Quart:
+    from homeserver.api import client as client_api
+    from homeserver.api import wellknown
+
+    hs = hs or HomeServer(config)
+    app = Quart("nexa", static_folder=None)
+    # Matrix paths like /state/{type}/ (empty state key) must not redirect.
+    app.url_map.strict_slashes = False
+    app.config["NEXA_HS"] = hs
+    # Media uploads have their own, larger limit; everything else is small JSON.
+    app.config["MAX_CONTENT_LENGTH"] = max(config.limits.max_request_bytes,
+                                           config.media.max_upload_bytes)
+    app.config["BODY_TIMEOUT"] = 60
+
+    app.register_blueprint(wellknown.bp)
+    for i, prefix in enumerate(CLIENT_PREFIXES):
+        for bp in client_api.blueprints():
+            app.register_blueprint(bp, url_prefix=prefix, name=f"{bp.name}_{i}")
+    for bp in client_api.unstable_blueprints():
+        app.register_blueprint(bp)
+
+    @app.before_serving
+    async def _start() -> None:
+        await hs.start()
+
+    @app.after_serving
+    async def _stop() -> None:
+        await hs.stop()
+
+    @app.before_request
+    async def _preflight():
+        if request.method == "OPTIONS":
+            return respond({})
+        length = request.content_length
+        if (length is not None and length > config.limits.max_request_bytes
+                and "/media/" not in request.path):
+            raise MatrixError(413, "M_TOO_LARGE", "Request body too large")
+        return None
+
+    @app.after_request
+    async def _cors(response):
+        for k, v in CORS_HEADERS.items():
+            response.headers.setdefault(k, v)
+        return response
+
+    @app.errorhandler(MatrixError)
+    async def _matrix_error(e: MatrixError):
+        return respond(e.to_json(), e.status)
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(e: HTTPException):
+        code = e.code or 500
+        if code in (404, 405):
+            return respond({"errcode": "M_UNRECOGNIZED", "error": "Unrecognized request"}, code)
+        if code == 413:
+            return respond({"errcode": "M_TOO_LARGE", "error": "Request body too large"}, 413)
+        if code < 500:
+            return respond({"errcode": "M_UNKNOWN", "error": e.description or e.name}, code)
+        return respond({"errcode": "M_UNKNOWN", "error": "Internal server error"}, code)
+
+    @app.errorhandler(Exception)
+    async def _unexpected(e: Exception):
+        if isinstance(e, (MatrixError, HTTPException)):
+            raise e
+        request_id = uuid.uuid4().hex[:12]
+        log.exception("unexpected error (request %s) on %s %s", request_id, request.method,
+                      request.path)
+        return respond({"errcode": "M_UNKNOWN", "error": f"Internal error (request {request_id})"},
+                       500)
+
+    # Bind this server's database context for everything the app runs, so several
+    # homeservers can share one process.
+    inner = app.asgi_app
+
+    async def asgi(scope, receive, send):
+        token = hs.db.activate()
+        try:
+            await inner(scope, receive, send)
+        finally:
+            hs.db.deactivate(token)
+
+    app.asgi_app = asgi  # type: ignore[method-assign]
+    app.hs = hs  # type: ignore[attr-defined]
+    return app

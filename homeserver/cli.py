@@ -1,0 +1,183 @@
+"""The `nexa` command: run, register-user, check-config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import signal
+import stat
+import sys
+from pathlib import Path
+
+from homeserver.config import Config, ConfigError, is_loopback, load_config
+
+DEFAULT_CONFIG = "config.yaml"
+
+
+def _config_path(arg: str | None) -> str | None:
+    if arg:
+        return arg
+    env = os.environ.get("NEXA_CONFIG")
+    if env:
+        return env
+    return DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None
+
+
+def _load(args: argparse.Namespace) -> Config:
+    overrides: dict = {}
+    if getattr(args, "server_name", None):
+        overrides["server_name"] = args.server_name
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = str(Path(args.data_dir).resolve())
+    if getattr(args, "database_url", None):
+        overrides["database"] = {"url": args.database_url}
+    host, port = getattr(args, "host", None), getattr(args, "port", None)
+    if host or port:
+        base = {"host": host or "127.0.0.1", "port": port or 8008}
+        overrides["listeners"] = [base]
+    if getattr(args, "insecure_federation_http", False):
+        overrides["federation"] = {"plain_http": True}
+    cfg = load_config(_config_path(args.config), overrides=None)
+    # Flags replace whole sections only where given; merge them over the loaded file.
+    data = cfg.model_dump(mode="python")
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            data[k] = {**data[k], **v}
+        else:
+            data[k] = v
+    if port and not getattr(args, "server_name", None) and cfg.server_name == "localhost:8008":
+        data["server_name"] = f"localhost:{port}"
+    from homeserver.config import build_config
+
+    return build_config(data)
+
+
+def _setup_logging(cfg: Config) -> None:
+    logging.basicConfig(level=cfg.logging.level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not cfg.logging.access_log:
+        logging.getLogger("hypercorn.access").setLevel(logging.WARNING)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config as HyperConfig
+
+    from homeserver.app import create_app
+
+    cfg = _load(args)
+    if cfg.federation.plain_http and not all(is_loopback(lst.host) for lst in cfg.listeners):
+        print("error: plain-HTTP federation is only allowed on loopback listeners", file=sys.stderr)
+        return 2
+    _setup_logging(cfg)
+    for w in cfg.warnings():
+        logging.getLogger("nexa").warning(w)
+    app = create_app(cfg)
+    hc = HyperConfig()
+    hc.bind = [f"{lst.host}:{lst.port}" for lst in cfg.listeners]
+    hc.accesslog = "-" if cfg.logging.access_log else None
+    hc.graceful_timeout = 5
+    shutdown = asyncio.Event()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, shutdown.set)
+        await serve(app, hc, shutdown_trigger=shutdown.wait)
+
+    print(f"Nexa {cfg.server_name} listening on {cfg.base_url} (data in {cfg.data_dir})",
+          flush=True)
+    asyncio.run(main())
+    return 0
+
+
+def cmd_register_user(args: argparse.Namespace) -> int:
+    from homeserver.server import HomeServer
+
+    cfg = _load(args)
+    password = args.password or getpass.getpass("Password: ")
+
+    async def main() -> str:
+        hs = HomeServer(cfg)
+        await hs.start()
+        token = hs.db.activate()
+        try:
+            res = await hs.accounts.register(args.username, password, inhibit_login=True,
+                                             admin=args.admin)
+            return res if isinstance(res, str) else res.user_id
+        finally:
+            hs.db.deactivate(token)
+            await hs.stop()
+
+    from homeserver.errors import MatrixError
+
+    try:
+        user_id = asyncio.run(main())
+    except MatrixError as e:
+        print(f"error: {e.error}", file=sys.stderr)
+        return 1
+    print(f"registered {user_id}{' (admin)' if args.admin else ''}")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    problems = cfg.warnings()
+    key = cfg.data_dir / "signing.key"
+    if key.exists() and key.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        problems.append(f"{key} is readable by other users: chmod 600 it")
+    for p in problems:
+        print(f"warning: {p}")
+    print(f"configuration OK: server_name={cfg.server_name}, listening on "
+          f"{', '.join(f'{lst.host}:{lst.port}' for lst in cfg.listeners)}, database "
+          f"{'sqlite' if cfg.database_url.startswith('sqlite') else 'postgres'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nexa", description="Nexa homeserver")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-c", "--config", help="config file (default: ./config.yaml if present)")
+        sp.add_argument("--server-name")
+        sp.add_argument("--data-dir")
+        sp.add_argument("--database-url")
+
+    run = sub.add_parser("run", help="run the homeserver")
+    common(run)
+    run.add_argument("--host")
+    run.add_argument("--port", type=int)
+    run.add_argument("--insecure-federation-http", action="store_true",
+                     help="federate over plain HTTP (loopback only)")
+    run.set_defaults(fn=cmd_run)
+
+    reg = sub.add_parser("register-user", help="create an account from the shell")
+    common(reg)
+    reg.add_argument("username")
+    reg.add_argument("--password")
+    reg.add_argument("--admin", action="store_true")
+    reg.set_defaults(fn=cmd_register_user)
+
+    chk = sub.add_parser("check-config", help="validate the configuration")
+    common(chk)
+    chk.add_argument("--host")
+    chk.add_argument("--port", type=int)
+    chk.set_defaults(fn=cmd_check_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

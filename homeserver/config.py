@@ -1,0 +1,231 @@
+"""One typed configuration object, loaded from config.yaml and NEXA_* environment overrides.
+
+Validation happens once at start-up; every problem is reported with the dotted key it concerns
+so that an operator never has to read a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the operator."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are almost always typos; refuse them instead of silently ignoring.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ListenerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8008, ge=0, le=65535)
+
+
+class DatabaseConfig(_Section):
+    # None means the embedded default: an SQLite file inside data_dir.
+    url: str | None = None
+    # FULL makes every acknowledged write durable across power loss, not just process crashes.
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "FULL"
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("sqlite://", "postgres://", "postgresql://")):
+            raise ValueError("must start with sqlite://, postgres:// or postgresql://")
+        return v
+
+
+class RegistrationConfig(_Section):
+    mode: Literal["open", "token", "closed"] = "open"
+    # Tokens accepted when mode is "token" (m.login.registration_token).
+    tokens: list[str] = []
+
+
+class RateLimit(_Section):
+    per_second: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
+class LimitsConfig(_Section):
+    max_event_bytes: int = Field(65536, ge=1024)
+    max_request_bytes: int = Field(1_048_576, ge=65536)
+    login: RateLimit = RateLimit(per_second=0.5, burst=10)
+    registration: RateLimit = RateLimit(per_second=0.2, burst=10)
+    messages: RateLimit = RateLimit(per_second=50, burst=500)
+
+
+class SecurityConfig(_Section):
+    bcrypt_rounds: int = Field(12, ge=4, le=31)
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access_log: bool = False
+
+
+class FederationConfig(_Section):
+    enabled: bool = True
+    # Plain HTTP between servers: only for several servers on one machine (loopback).
+    plain_http: bool = False
+    allow: list[str] | None = None
+    deny: list[str] = []
+
+
+class MediaConfig(_Section):
+    max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+
+
+class Config(_Section):
+    server_name: str = "localhost:8008"
+    public_baseurl: str | None = None
+    data_dir: Path = Path("data")
+    listeners: list[ListenerConfig] = [ListenerConfig()]
+    database: DatabaseConfig = DatabaseConfig()
+    registration: RegistrationConfig = RegistrationConfig()
+    limits: LimitsConfig = LimitsConfig()
+    security: SecurityConfig = SecurityConfig()
+    logging: LoggingConfig = LoggingConfig()
+    federation: FederationConfig = FederationConfig()
+    media: MediaConfig = MediaConfig()
+    # Application-service registration files (bridges).
+    appservices: list[Path] = []
+
+    @field_validator("server_name")
+    @classmethod
+    def _valid_server_name(cls, v: str) -> str:
+        host, _, port = v.rpartition(":") if v.count(":") == 1 else (v, "", "")
+        if not host or any(c.isspace() or c in "/@#!$" for c in v):
+            raise ValueError("must look like host or host:port")
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError("port part must be a number from 1 to 65535")
+        return v
+
+    @field_validator("listeners")
+    @classmethod
+    def _at_least_one(cls, v: list[ListenerConfig]) -> list[ListenerConfig]:
+        if not v:
+            raise ValueError("at least one listener is needed")
+        return v
+
+    # --- derived values -------------------------------------------------------------------
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite://{(self.data_dir / 'nexa.db').resolve()}"
+
+    @property
+    def base_url(self) -> str:
+        if self.public_baseurl:
+            return self.public_baseurl.rstrip("/")
+        lst = self.listeners[0]
+        return f"http://{lst.host}:{lst.port}"
+
+    def warnings(self) -> list[str]:
+        """Things that are allowed but probably not what the operator wants."""
+        out = []
+        public = [lst.host for lst in self.listeners if not is_loopback(lst.host)]
+        if self.registration.mode == "open" and public:
+            out.append(
+                f"registration.mode is 'open' while listening on {', '.join(public)}: anyone who "
+                "can reach this server can create accounts; consider 'token' or 'closed'"
+            )
+        if self.registration.mode == "token" and not self.registration.tokens:
+            out.append("registration.mode is 'token' but registration.tokens is empty")
+        return out
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+ENV_PREFIX = "NEXA_"
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """NEXA_SERVER_NAME=x, NEXA_DATABASE__URL=y: double underscore descends into a section."""
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "NEXA_CONFIG":
+            continue
+        path = name[len(ENV_PREFIX):].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        try:
+            node[path[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            node[path[-1]] = raw
+    return out
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = _deep_merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key}: {msg}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def build_config(data: dict[str, Any] | None = None, **overrides: Any) -> Config:
+    """Validate a mapping (plus keyword overrides) into a Config, or raise ConfigError."""
+    merged = _deep_merge(data or {}, {k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(_describe(e)) from None
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
+    """File, then environment, then explicit overrides (command-line flags) win."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {p}: {e.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must contain a mapping at the top level")
+        data = loaded
+        # Relative data_dir and appservice paths are relative to the config file.
+        base = p.resolve().parent
+        if "data_dir" in data and isinstance(data["data_dir"], str):
+            data["data_dir"] = str((base / data["data_dir"]).resolve())
+    data = _deep_merge(data, _env_overrides(dict(os.environ if environ is None else environ)))
+    return build_config(data, **(overrides or {}))

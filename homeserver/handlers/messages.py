@@ -1,0 +1,175 @@
+"""Sending and reading room events: send, redact, /event, /context, /messages."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from homeserver.errors import MatrixError, forbidden, not_found
+from homeserver.events.auth import get_named_level, get_user_power_level
+from homeserver.handlers.auth import Requester
+from homeserver.handlers.visibility import filter_for_user, format_events
+from homeserver.storage import events as event_store
+from homeserver.storage import state as state_store
+from homeserver.storage.events import EventRow
+from homeserver.types import StreamToken
+
+if TYPE_CHECKING:
+    from homeserver.server import HomeServer
+
+
+def pagination_token(position: int) -> str:
+    return f"t{position}"
+
+
+class MessagesHandler:
+    def __init__(self, hs: HomeServer) -> None:
+        self.hs = hs
+
+    # --- sending ---------------------------------------------------------------------------
+
+    async def send(self, requester: Requester, room_id: str, etype: str, content: dict,
+                   state_key: str | None = None, txn_id: str | None = None) -> EventRow:
+        await self.hs.rooms._require_room(room_id)
+        if requester.appservice_id is None:
+            self.hs.message_limiter.check(requester.user_id)
+        txn = (requester.device_id or requester.token_hash, txn_id) if txn_id else None
+        if etype == "m.room.redaction":
+            raise MatrixError(400, "M_BAD_JSON", "Use the /redact endpoint to redact events")
+        if state_key is not None and etype == "m.room.member":
+            raise MatrixError(400, "M_BAD_JSON", "Use the membership endpoints to change membership")
+        return await self.hs.events.send_event(room_id, requester.user_id, etype, content,
+                                               state_key, txn=txn)
+
+    async def redact(self, requester: Requester, room_id: str, event_id: str,
+                     reason: str | None, txn_id: str | None) -> EventRow:
+        await self.hs.rooms._require_room(room_id)
+        original = await self.hs.state.get_event(event_id)
+
+        async def check(pdu: dict, auth_map: dict) -> None:
+            # Redacting someone else's event needs the room's redact level.
+            if original is not None and original.sender != requester.user_id:
+                auth = {k: v.pdu for k, v in auth_map.items()}
+                version = await self.hs.state.room_version(room_id)
+                if get_user_power_level(requester.user_id, auth, version) < get_named_level(
+                        auth, "redact", 50):
+                    raise forbidden("You may not redact other users' events")
+
+        content: dict[str, Any] = {}
+        if reason is not None:
+            content["reason"] = reason
+        txn = (requester.device_id or requester.token_hash, txn_id) if txn_id else None
+        return await self.hs.events.send_event(room_id, requester.user_id, "m.room.redaction",
+                                               content, txn=txn, redacts=event_id, check=check)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def _read_bounds(self, user_id: str, room_id: str) -> int | None:
+        """Upper stream bound of what the user may read (None = up to now); raises if none."""
+        await self.hs.rooms._require_room(room_id)
+        m = await state_store.get_membership(room_id, user_id)
+        if m and m["membership"] in ("join", "invite"):
+            return None
+        hv = await self.hs.state.current_state_event(room_id, "m.room.history_visibility")
+        if hv and hv.pdu["content"].get("history_visibility") == "world_readable":
+            return None
+        if m and m["membership"] in ("leave", "ban") and not m["forgotten"]:
+            return m["stream_ordering"]
+        raise forbidden("You are not allowed to view this room")
+
+    async def get_event(self, requester: Requester, room_id: str, event_id: str) -> dict:
+        bound = await self._read_bounds(requester.user_id, room_id)
+        row = await self.hs.state.get_event(event_id)
+        if row is None or row.room_id != room_id or (bound is not None and row.stream_ordering > bound):
+            raise not_found("Event not found")
+        visible = await filter_for_user(self.hs, requester.user_id, [row])
+        if not visible:
+            raise not_found("Event not found")
+        return (await format_events(self.hs, visible, requester.user_id, requester.device_id))[0]
+
+    async def paginate(self, requester: Requester, room_id: str, from_token: str | None,
+                       to_token: str | None, direction: str, limit: int, flt: Any) -> dict:
+        bound = await self._read_bounds(requester.user_id, room_id)
+        backwards = direction == "b"
+        if from_token is None:
+            start = (bound if bound is not None else self.hs.ids.events.current) if backwards else 0
+        else:
+            start = StreamToken.parse(from_token, param="from").events
+        if bound is not None:
+            start = min(start, bound)
+        stop = StreamToken.parse(to_token, param="to").events if to_token else None
+        types = getattr(flt, "types", None)
+        not_types = getattr(flt, "not_types", None)
+        senders = getattr(flt, "senders", None)
+        not_senders = getattr(flt, "not_senders", None)
+        chunk: list[EventRow] = []
+        pos = start
+        exhausted = False
+        # Visibility may hide events; fetch a few pages until the page is full.
+        for _ in range(5):
+            if backwards:
+                rows = await event_store.get_room_events(
+                    room_id, before=pos, after=stop, limit=limit - len(chunk) + 1,
+                    newest_first=True, types=types, not_types=not_types, senders=senders,
+                    not_senders=not_senders)
+            else:
+                upper = stop if stop is not None else bound
+                rows = await event_store.get_room_events(
+                    room_id, after=pos, before=upper, limit=limit - len(chunk) + 1,
+                    newest_first=False, types=types, not_types=not_types, senders=senders,
+                    not_senders=not_senders)
+            more = len(rows) > limit - len(chunk)
+            rows = rows[: limit - len(chunk)]
+            if rows:
+                pos = rows[-1].stream_ordering - 1 if backwards else rows[-1].stream_ordering
+            chunk.extend(await filter_for_user(self.hs, requester.user_id, rows))
+            if not more:
+                exhausted = True
+                break
+            if len(chunk) >= limit:
+                break
+        out: dict[str, Any] = {
+            "start": from_token or pagination_token(start),
+            "chunk": await format_events(self.hs, chunk, requester.user_id, requester.device_id),
+        }
+        if not exhausted:
+            out["end"] = pagination_token(pos)
+        if getattr(flt, "lazy_load_members", False) and chunk:
+            out["state"] = await self._member_state(room_id, {r.sender for r in chunk}, chunk)
+        return out
+
+    async def _member_state(self, room_id: str, senders: set[str], rows: list[EventRow]) -> list:
+        newest = max(rows, key=lambda r: r.stream_ordering)
+        st = await self.hs.state.state_at(newest, [("m.room.member", s) for s in senders])
+        return await format_events(self.hs, st.values())
+
+    async def context(self, requester: Requester, room_id: str, event_id: str, limit: int,
+                      flt: Any) -> dict:
+        bound = await self._read_bounds(requester.user_id, room_id)
+        row = await self.hs.state.get_event(event_id)
+        if row is None or row.room_id != room_id or (bound is not None and row.stream_ordering > bound):
+            raise not_found("Event not found")
+        if not await filter_for_user(self.hs, requester.user_id, [row]):
+            raise not_found("Event not found")
+        half_before = limit // 2
+        half_after = limit - half_before
+        before = await event_store.get_room_events(room_id, before=row.stream_ordering - 1,
+                                                   limit=half_before, newest_first=True)
+        after = await event_store.get_room_events(room_id, after=row.stream_ordering, before=bound,
+                                                  limit=half_after, newest_first=False)
+        before = await filter_for_user(self.hs, requester.user_id, before)
+        after = await filter_for_user(self.hs, requester.user_id, after)
+        fmt = lambda rows: format_events(self.hs, rows, requester.user_id, requester.device_id)  # noqa: E731
+        last = after[-1] if after else row
+        if getattr(flt, "lazy_load_members", False):
+            senders = {r.sender for r in [*before, row, *after]}
+            state = await self._member_state(room_id, senders, [last])
+        else:
+            state = await format_events(self.hs, (await self.hs.state.state_at(last)).values())
+        return {
+            "event": (await fmt([row]))[0],
+            "events_before": await fmt(before),
+            "events_after": await fmt(after),
+            "start": pagination_token((before[-1].stream_ordering if before else row.stream_ordering) - 1),
+            "end": pagination_token(after[-1].stream_ordering if after else row.stream_ordering),
+            "state": state,
+        }

@@ -1,0 +1,244 @@
+"""/sync: everything that happened for a user between two stream tokens.
+
+Long-polls register a notifier listener *before* reading the current token, so an event that
+lands in between still wakes the request; the common "nothing new" path touches no database.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from homeserver.handlers.auth import Requester
+from homeserver.handlers.visibility import filter_for_user, format_events
+from homeserver.notifier import wait_for
+from homeserver.storage import events as event_store
+from homeserver.storage import state as state_store
+from homeserver.storage.events import EventRow
+from homeserver.types import StreamToken
+
+if TYPE_CHECKING:
+    from homeserver.server import HomeServer
+
+DEFAULT_TIMELINE_LIMIT = 10
+MAX_TIMEOUT_MS = 300_000
+
+
+def fget(flt: dict | None, *path: str, default: Any = None) -> Any:
+    node: Any = flt or {}
+    for p in path:
+        if not isinstance(node, dict) or p not in node:
+            return default
+        node = node[p]
+    return node
+
+
+def _type_allowed(etype: str, types: list[str] | None, not_types: list[str] | None) -> bool:
+    def match(pattern: str) -> bool:
+        return pattern == etype or (pattern.endswith("*") and etype.startswith(pattern[:-1]))
+
+    if not_types and any(match(p) for p in not_types):
+        return False
+    return types is None or any(match(p) for p in types)
+
+
+class SyncHandler:
+    def __init__(self, hs: HomeServer) -> None:
+        self.hs = hs
+
+    def current_token(self) -> StreamToken:
+        hs = self.hs
+        return StreamToken(
+            events=hs.ids.events.current,
+            receipts=hs.receipts.current_position(),
+            account_data=hs.account_data.current_position(),
+            presence=hs.presence.current_position(),
+            typing=hs.typing.current_position(),
+        )
+
+    async def sync(self, requester: Requester, since: str | None, timeout_ms: int,
+                   full_state: bool, flt: dict | None) -> dict[str, Any]:
+        since_tok = StreamToken.parse(since) if since else None
+        deadline = time.monotonic() + min(timeout_ms, MAX_TIMEOUT_MS) / 1000
+        await self.hs.presence.touch(requester.user_id)
+        while True:
+            rooms = [m["room_id"] for m in await state_store.get_user_memberships(requester.user_id)]
+            with self.hs.notifier.listen(requester.user_id, rooms) as listener:
+                now = self.current_token()
+                if since_tok is not None and not full_state and not now.is_after(since_tok):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not await wait_for(listener, remaining):
+                        return self._empty(since_tok)
+                    continue
+            result = await self._compute(requester, since_tok, now, full_state, flt)
+            if (since_tok is None or full_state or self._has_content(result)
+                    or time.monotonic() >= deadline):
+                return result
+            since_tok = now  # nothing visible changed; wait for the next wake-up
+
+    @staticmethod
+    def _empty(token: StreamToken) -> dict[str, Any]:
+        return {"next_batch": token.serialize(), "rooms": {"join": {}, "invite": {}, "leave": {}},
+                "presence": {"events": []}, "account_data": {"events": []}}
+
+    @staticmethod
+    def _has_content(res: dict[str, Any]) -> bool:
+        r = res["rooms"]
+        return bool(r["join"] or r["invite"] or r["leave"] or res["presence"]["events"]
+                    or res["account_data"]["events"])
+
+    async def _compute(self, requester: Requester, since: StreamToken | None, now: StreamToken,
+                       full_state: bool, flt: dict | None) -> dict[str, Any]:
+        hs = self.hs
+        user_id = requester.user_id
+        memberships = await state_store.get_user_memberships(user_id)
+        global_ad, room_ad = await hs.account_data.get_for_sync(
+            user_id, since.account_data if since else None, now.account_data)
+        joined_ids = [m["room_id"] for m in memberships if m["membership"] == "join"]
+        receipts = await hs.receipts.get_receipts_for_sync(
+            user_id, joined_ids, since.receipts if since else None, now.receipts)
+        typing_rooms = (hs.typing.rooms_changed_since(since.typing, set(joined_ids))
+                        if since else set(joined_ids))
+        changed = (await event_store.rooms_with_events_between(joined_ids, since.events, now.events)
+                   if since else {})
+
+        join: dict[str, Any] = {}
+        invite: dict[str, Any] = {}
+        leave: dict[str, Any] = {}
+        include_leave = bool(fget(flt, "room", "include_leave", default=False))
+        room_filter = fget(flt, "room", "rooms")
+        not_rooms = fget(flt, "room", "not_rooms") or []
+        for m in memberships:
+            room_id = m["room_id"]
+            if (room_filter is not None and room_id not in room_filter) or room_id in not_rooms:
+                continue
+            membership = m["membership"]
+            changed_since = since is None or m["stream_ordering"] > since.events
+            if m["stream_ordering"] > now.events:
+                continue  # landed after this token was taken: the next sync has it
+            if membership == "join":
+                initial = since is None or full_state or changed_since
+                if not initial and room_id not in changed and room_id not in receipts \
+                        and room_id not in typing_rooms and room_id not in room_ad:
+                    continue
+                join[room_id] = await self._joined_room(
+                    requester, room_id, None if initial else since, now, flt,
+                    receipts.get(room_id), room_id in typing_rooms, room_ad.get(room_id, []),
+                    full=initial)
+            elif membership == "invite" and changed_since:
+                inv = await hs.state.get_event(m["event_id"])
+                invite[room_id] = {"invite_state": {"events": await hs.rooms.invite_state(room_id, inv)}}
+            elif membership in ("leave", "ban") and (
+                    (since is not None and changed_since) or (since is None and include_leave)):
+                leave[room_id] = await self._left_room(requester, room_id, since, m, flt)
+
+        presence = await hs.presence.get_presence_for_sync(
+            user_id, since.presence if since else None, now.presence)
+        return {
+            "next_batch": now.serialize(),
+            "rooms": {"join": join, "invite": invite, "leave": leave},
+            "presence": {"events": presence},
+            "account_data": {"events": global_ad},
+        }
+
+    async def _timeline(self, requester: Requester, room_id: str, since: StreamToken | None,
+                        upto: int, flt: dict | None) -> tuple[list[EventRow], bool]:
+        limit = fget(flt, "room", "timeline", "limit", default=DEFAULT_TIMELINE_LIMIT)
+        if not isinstance(limit, int) or limit < 0:
+            limit = DEFAULT_TIMELINE_LIMIT
+        limit = min(limit, 500)
+        rows = await event_store.get_room_events(
+            room_id, after=since.events if since else None, before=upto, limit=limit + 1,
+            newest_first=True,
+            types=fget(flt, "room", "timeline", "types"),
+            not_types=fget(flt, "room", "timeline", "not_types"),
+            senders=fget(flt, "room", "timeline", "senders"),
+            not_senders=fget(flt, "room", "timeline", "not_senders"),
+        )
+        limited = len(rows) > limit
+        rows = list(reversed(rows[:limit]))
+        return await filter_for_user(self.hs, requester.user_id, rows), limited
+
+    async def _state_for(self, requester: Requester, room_id: str, since: StreamToken | None,
+                         timeline: list[EventRow], limited: bool, upto_row: EventRow | None,
+                         flt: dict | None, full: bool) -> list[EventRow]:
+        hs = self.hs
+        if full:
+            if timeline:
+                st = await hs.state.state_at(timeline[0], before=True)
+            elif upto_row is not None:
+                st = await hs.state.state_at(upto_row)
+            else:
+                st = await hs.state.current_state(room_id)
+            rows = list(st.values())
+        elif limited and timeline:
+            between = await event_store.state_events_between(
+                room_id, since.events, timeline[0].stream_ordering - 1)
+            latest: dict[tuple[str, str | None], EventRow] = {}
+            for r in between:
+                latest[(r.type, r.state_key)] = r
+            rows = list(latest.values())
+        else:
+            rows = []
+        types = fget(flt, "room", "state", "types")
+        not_types = fget(flt, "room", "state", "not_types")
+        rows = [r for r in rows if _type_allowed(r.type, types, not_types)]
+        if fget(flt, "room", "state", "lazy_load_members", default=False):
+            wanted = {r.sender for r in timeline} | {requester.user_id}
+            rows = [r for r in rows if r.type != "m.room.member" or r.state_key in wanted]
+            if not full and timeline:
+                # Members of timeline senders, as of the start of the timeline.
+                have = {r.state_key for r in rows if r.type == "m.room.member"}
+                need = [("m.room.member", s) for s in wanted - have]
+                st = await hs.state.state_at(timeline[0], need, before=True)
+                rows.extend(st.values())
+        timeline_ids = {r.event_id for r in timeline}
+        return [r for r in rows if r.event_id not in timeline_ids]
+
+    async def _joined_room(self, requester: Requester, room_id: str, since: StreamToken | None,
+                           now: StreamToken, flt: dict | None, receipts: dict | None,
+                           typing_changed: bool, account_data: list, full: bool) -> dict:
+        hs = self.hs
+        timeline, limited = await self._timeline(requester, room_id, since, now.events, flt)
+        state = await self._state_for(requester, room_id, since, timeline, limited, None, flt, full)
+        fmt = lambda rows: format_events(hs, rows, requester.user_id, requester.device_id,  # noqa
+                                         include_room_id=False)
+        prev = (timeline[0].stream_ordering - 1) if timeline else (since.events if since else now.events)
+        ephemeral = []
+        if typing_changed:
+            ephemeral.append({"type": "m.typing", "content": {"user_ids": hs.typing.get_typing(room_id)}})
+        if receipts:
+            ephemeral.append({"type": "m.receipt", "content": receipts})
+        out = {
+            "timeline": {"events": await fmt(timeline), "limited": limited,
+                         "prev_batch": f"t{prev}"},
+            "state": {"events": await fmt(state)},
+            "ephemeral": {"events": ephemeral},
+            "account_data": {"events": account_data},
+            "unread_notifications": {"notification_count": 0, "highlight_count": 0},
+        }
+        if full or any(r.type == "m.room.member" for r in [*timeline, *state]):
+            out["summary"] = await self._summary(room_id, requester.user_id)
+        return out
+
+    async def _left_room(self, requester: Requester, room_id: str, since: StreamToken | None,
+                         m: dict, flt: dict | None) -> dict:
+        leave_row = await self.hs.state.get_event(m["event_id"])
+        timeline, limited = await self._timeline(requester, room_id, since, m["stream_ordering"], flt)
+        full = since is None
+        state = await self._state_for(requester, room_id, since, timeline, limited, leave_row, flt,
+                                      full or (limited and not timeline))
+        fmt = lambda rows: format_events(self.hs, rows, requester.user_id, requester.device_id,  # noqa
+                                         include_room_id=False)
+        prev = (timeline[0].stream_ordering - 1) if timeline else m["stream_ordering"]
+        return {"timeline": {"events": await fmt(timeline), "limited": limited, "prev_batch": f"t{prev}"},
+                "state": {"events": await fmt(state)}, "account_data": {"events": []}}
+
+    async def _summary(self, room_id: str, user_id: str) -> dict[str, Any]:
+        members = await state_store.get_room_members(room_id, membership=None)
+        joined = sorted(u for u, mm in members.items() if mm == "join")
+        invited = sorted(u for u, mm in members.items() if mm == "invite")
+        heroes = [u for u in joined + invited if u != user_id][:5]
+        return {"m.heroes": heroes, "m.joined_member_count": len(joined),
+                "m.invited_member_count": len(invited)}
+

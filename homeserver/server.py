@@ -1,0 +1,88 @@
+"""The HomeServer container: builds each component once and owns their lifecycle."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from homeserver.config import Config
+from homeserver.events.signing import SigningKey
+from homeserver.notifier import InProcessNotifier, Notifier
+from homeserver.ratelimit import RateLimiter
+from homeserver.storage.database import Database, IdGenerator, max_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamIds:
+    events: IdGenerator
+    state_groups: IdGenerator
+    receipts: IdGenerator
+    account_data: IdGenerator
+    presence: IdGenerator
+
+
+class HomeServer:
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+        from homeserver.handlers.account_data import AccountDataHandler
+        from homeserver.handlers.accounts import AccountHandler
+        from homeserver.handlers.auth import AuthHandler
+        from homeserver.handlers.directory import DirectoryHandler
+        from homeserver.handlers.events import EventHandler
+        from homeserver.handlers.messages import MessagesHandler
+        from homeserver.handlers.presence import PresenceHandler
+        from homeserver.handlers.profile import ProfileHandler
+        from homeserver.handlers.receipts import ReceiptsHandler
+        from homeserver.handlers.rooms import RoomHandler
+        from homeserver.handlers.state import StateHandler
+        from homeserver.handlers.sync import SyncHandler
+        from homeserver.handlers.typing import TypingHandler
+
+        self.config = config
+        self.server_name = config.server_name
+        self.db = Database(config.database_url, config.database.sqlite_synchronous)
+        self.notifier: Notifier = notifier or InProcessNotifier()
+        self.signing_key: SigningKey | None = None
+        self.ids: StreamIds | None = None
+        limits = config.limits
+        self.login_limiter = RateLimiter(limits.login)
+        self.register_limiter = RateLimiter(limits.registration)
+        self.message_limiter = RateLimiter(limits.messages)
+
+        self.state = StateHandler(self)
+        self.auth = AuthHandler(self)
+        self.events = EventHandler(self)
+        self.accounts = AccountHandler(self)
+        self.rooms = RoomHandler(self)
+        self.messages = MessagesHandler(self)
+        self.sync = SyncHandler(self)
+        self.typing = TypingHandler(self)
+        self.receipts = ReceiptsHandler(self)
+        self.presence = PresenceHandler(self)
+        self.account_data = AccountDataHandler(self)
+        self.profile = ProfileHandler(self)
+        self.directory = DirectoryHandler(self)
+
+    async def start(self) -> None:
+        data_dir = self.config.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.signing_key = SigningKey.load_or_generate(data_dir / "signing.key")
+        await self.db.open()
+        token = self.db.activate()
+        try:
+            conn = self.db.conn()
+            self.ids = StreamIds(
+                events=IdGenerator(await max_of(conn, "events", "stream_ordering")),
+                state_groups=IdGenerator(await max_of(conn, "state_groups", "id")),
+                receipts=IdGenerator(await max_of(conn, "receipts", "stream_id")),
+                account_data=IdGenerator(await max_of(conn, "account_data", "stream_id")),
+                presence=IdGenerator(await max_of(conn, "presence", "stream_id")),
+            )
+        finally:
+            self.db.deactivate(token)
+        log.info("homeserver %s started (database %s)", self.server_name,
+                 "sqlite" if self.db.is_sqlite else "postgres")
+
+    async def stop(self) -> None:
+        await self.db.close()

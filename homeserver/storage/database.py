@@ -1,0 +1,115 @@
+"""One database per homeserver: a TortoiseContext of its own, migrated at start-up.
+
+Tortoise resolves connections through a context variable, so several homeservers can live in one
+process (tests start many): `Database.activate()` binds this server's context for the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextvars import Token
+from typing import Any
+
+from tortoise.context import TortoiseContext, _current_context
+from tortoise.migrations.executor import MigrationExecutor
+
+log = logging.getLogger(__name__)
+
+MODEL_MODULES = [
+    "homeserver.storage.models_accounts",
+    "homeserver.storage.models_events",
+    "homeserver.storage.models_state",
+    "homeserver.storage.models_userdata",
+]
+MIGRATIONS_PACKAGE = "homeserver.storage.migrations"
+
+
+def tortoise_config(url: str, sqlite_synchronous: str = "FULL") -> dict[str, Any]:
+    if url.startswith("sqlite://"):
+        credentials: dict[str, Any] = {
+            "file_path": url[len("sqlite://"):],
+            "journal_mode": "WAL",
+            "synchronous": sqlite_synchronous,
+            "busy_timeout": 10000,
+        }
+        connection: Any = {"engine": "tortoise.backends.sqlite", "credentials": credentials}
+    else:
+        connection = url.replace("postgresql://", "postgres://", 1)
+    return {
+        "connections": {"default": connection},
+        "apps": {
+            "models": {
+                "models": MODEL_MODULES,
+                "migrations": MIGRATIONS_PACKAGE,
+                "default_connection": "default",
+            }
+        },
+    }
+
+
+class Database:
+    def __init__(self, url: str, sqlite_synchronous: str = "FULL") -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite://")
+        self.config = tortoise_config(url, sqlite_synchronous)
+        self.ctx = TortoiseContext()
+
+    def activate(self) -> Token:
+        """Make this database the one models use in the current task (and tasks it starts)."""
+        return _current_context.set(self.ctx)
+
+    @staticmethod
+    def deactivate(token: Token) -> None:
+        _current_context.reset(token)
+
+    async def open(self) -> None:
+        token = self.activate()
+        try:
+            await self.ctx.init(config=self.config, _create_db=False)
+            await self.migrate()
+        finally:
+            self.deactivate(token)
+
+    async def migrate(self) -> None:
+        """Apply every migration not yet applied; upgrading keeps all data."""
+        executor = MigrationExecutor(self.ctx.db(), {"models": self.config["apps"]["models"]})
+        await executor.migrate()
+
+    async def close(self) -> None:
+        token = self.activate()
+        try:
+            await self.ctx.close_connections()
+        finally:
+            self.deactivate(token)
+
+    def conn(self):
+        return self.ctx.db()
+
+
+class IdGenerator:
+    """Monotonic positions for one stream, handed out in-process under a lock.
+
+    Seeded from the table's current maximum at start-up; allocation and the write that uses
+    it happen under the same lock, so positions become visible in increasing order.
+    """
+
+    def __init__(self, start: int) -> None:
+        self._current = start
+        self.lock = asyncio.Lock()
+
+    @property
+    def current(self) -> int:
+        return self._current
+
+    def next(self) -> int:
+        self._current += 1
+        return self._current
+
+    def advance_to(self, value: int) -> None:
+        self._current = max(self._current, value)
+
+
+async def max_of(conn, table: str, column: str) -> int:
+    rows = await conn.execute_query_dict(f"SELECT MAX({column}) AS m FROM {table}")
+    return int(rows[0]["m"] or 0) if rows else 0

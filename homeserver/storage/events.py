@@ -1,0 +1,235 @@
+"""Persisting events (one transaction per event) and reading them back by stream position."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import orjson
+from tortoise.transactions import in_transaction
+
+from homeserver.storage import sql
+
+EVENT_COLUMNS = (
+    "stream_ordering, event_id, room_id, type, state_key, sender, depth, origin_server_ts, "
+    "json, state_group, redacted_by, txn_device, txn_id"
+)
+
+
+@dataclass
+class EventRow:
+    stream_ordering: int
+    event_id: str
+    room_id: str
+    type: str
+    state_key: str | None
+    sender: str
+    depth: int
+    origin_server_ts: int
+    pdu: dict[str, Any]
+    state_group: int | None
+    redacted_by: str | None = None
+    txn_device: str | None = None
+    txn_id: str | None = None
+
+    @classmethod
+    def from_db(cls, r: dict[str, Any]) -> EventRow:
+        return cls(
+            stream_ordering=r["stream_ordering"], event_id=r["event_id"], room_id=r["room_id"],
+            type=r["type"], state_key=r["state_key"], sender=r["sender"], depth=r["depth"],
+            origin_server_ts=r["origin_server_ts"], pdu=orjson.loads(r["json"]),
+            state_group=r["state_group"], redacted_by=r["redacted_by"],
+            txn_device=r["txn_device"], txn_id=r["txn_id"],
+        )
+
+    @property
+    def is_state(self) -> bool:
+        return self.state_key is not None
+
+
+@dataclass
+class PersistBatch:
+    """Everything one event changes, written in a single transaction."""
+
+    row: EventRow
+    prev_event_ids: list[str]
+    # State group to create (id, prev_group, chain_length, edits) or None to reuse one.
+    new_state_group: tuple[int, int | None, int, dict[tuple[str, str], str]] | None = None
+    # (type, state_key) -> event_id updates to current_state.
+    current_state_delta: dict[tuple[str, str], str] = field(default_factory=dict)
+    membership: tuple[str, str] | None = None  # (user_id, membership)
+    txn: tuple[str, str, str] | None = None  # (user_id, device_id, txn_id)
+    relation: tuple[str, str, str | None] | None = None  # (relates_to, rel_type, key)
+    redacts: str | None = None
+    # Extra statements run in the same transaction (e.g. outbound federation queue rows).
+    extra: list[tuple[str, list[Any]]] = field(default_factory=list)
+
+
+async def persist(batch: PersistBatch, update_extremities: bool = True) -> None:
+    r = batch.row
+    async with in_transaction() as conn:
+        await sql.execute(
+            f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ({sql.placeholders(13)})",
+            [r.stream_ordering, r.event_id, r.room_id, r.type, r.state_key, r.sender, r.depth,
+             r.origin_server_ts, orjson.dumps(r.pdu).decode(), r.state_group, None,
+             r.txn_device, r.txn_id],
+            conn,
+        )
+        await sql.execute_many(
+            "INSERT INTO event_edges (event_id, prev_event_id, room_id) VALUES (?,?,?)",
+            [(r.event_id, p, r.room_id) for p in batch.prev_event_ids], conn,
+        )
+        if update_extremities:
+            if batch.prev_event_ids:
+                await sql.execute(
+                    "DELETE FROM forward_extremities WHERE room_id = ? AND event_id IN "
+                    f"({sql.placeholders(len(batch.prev_event_ids))})",
+                    [r.room_id, *batch.prev_event_ids], conn,
+                )
+            await sql.execute(
+                "INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?)",
+                [r.room_id, r.event_id], conn,
+            )
+        if batch.new_state_group is not None:
+            gid, prev, chain, edits = batch.new_state_group
+            await sql.execute(
+                "INSERT INTO state_groups (id, room_id, prev_group, chain_length) VALUES (?,?,?,?)",
+                [gid, r.room_id, prev, chain], conn,
+            )
+            await sql.execute_many(
+                "INSERT INTO state_group_edits (state_group, type, state_key, event_id) "
+                "VALUES (?,?,?,?)",
+                [(gid, t, sk, eid) for (t, sk), eid in edits.items()], conn,
+            )
+        for (t, sk), eid in batch.current_state_delta.items():
+            await sql.execute(
+                "INSERT INTO current_state (room_id, type, state_key, event_id) VALUES (?,?,?,?) "
+                "ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id",
+                [r.room_id, t, sk, eid], conn,
+            )
+        if batch.membership is not None:
+            user_id, membership = batch.membership
+            await sql.execute(
+                "INSERT INTO room_memberships (room_id, user_id, membership, event_id, "
+                "stream_ordering, forgotten) VALUES (?,?,?,?,?,?) ON CONFLICT (room_id, user_id) "
+                "DO UPDATE SET membership = excluded.membership, event_id = excluded.event_id, "
+                "stream_ordering = excluded.stream_ordering, forgotten = excluded.forgotten",
+                [r.room_id, user_id, membership, r.event_id, r.stream_ordering, False], conn,
+            )
+        if batch.txn is not None:
+            await sql.execute(
+                "INSERT INTO event_txns (user_id, device_id, txn_id, event_id, created_ts) "
+                "VALUES (?,?,?,?,?)",
+                [*batch.txn, r.event_id, r.origin_server_ts], conn,
+            )
+        if batch.relation is not None:
+            rel_to, rel_type, key = batch.relation
+            await sql.execute(
+                "INSERT INTO event_relations (event_id, relates_to_id, rel_type, aggregation_key, "
+                "room_id, sender) VALUES (?,?,?,?,?,?)",
+                [r.event_id, rel_to, rel_type, key, r.room_id, r.sender], conn,
+            )
+        if batch.redacts is not None:
+            await sql.execute(
+                "UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?",
+                [r.event_id, batch.redacts, r.room_id], conn,
+            )
+        for stmt, values in batch.extra:
+            await sql.execute(stmt, values, conn)
+
+
+async def get_txn_event_id(user_id: str, device_id: str, txn_id: str) -> str | None:
+    rows = await sql.fetch(
+        "SELECT event_id FROM event_txns WHERE user_id = ? AND device_id = ? AND txn_id = ?",
+        [user_id, device_id, txn_id],
+    )
+    return rows[0]["event_id"] if rows else None
+
+
+async def get_events(event_ids: Iterable[str]) -> dict[str, EventRow]:
+    ids = list(dict.fromkeys(event_ids))
+    out: dict[str, EventRow] = {}
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        rows = await sql.fetch(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({sql.placeholders(len(chunk))})",
+            chunk,
+        )
+        for r in rows:
+            out[r["event_id"]] = EventRow.from_db(r)
+    return out
+
+
+async def get_room_events(
+    room_id: str, *, after: int | None = None, before: int | None = None, limit: int,
+    newest_first: bool, types: list[str] | None = None, not_types: list[str] | None = None,
+    senders: list[str] | None = None, not_senders: list[str] | None = None,
+) -> list[EventRow]:
+    """Events of one room with stream ordering in (after, before], ordered as asked."""
+    where = ["room_id = ?"]
+    values: list[Any] = [room_id]
+    if after is not None:
+        where.append("stream_ordering > ?")
+        values.append(after)
+    if before is not None:
+        where.append("stream_ordering <= ?")
+        values.append(before)
+    for col, items, neg in (("type", types, False), ("type", not_types, True),
+                            ("sender", senders, False), ("sender", not_senders, True)):
+        if items is not None:
+            if not items:
+                if not neg:
+                    return []
+                continue
+            where.append(f"{col} {'NOT ' if neg else ''}IN ({sql.placeholders(len(items))})")
+            values.extend(items)
+    order = "DESC" if newest_first else "ASC"
+    rows = await sql.fetch(
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
+        f"ORDER BY stream_ordering {order} LIMIT ?",
+        [*values, limit],
+    )
+    return [EventRow.from_db(r) for r in rows]
+
+
+async def rooms_with_events_between(room_ids: list[str], after: int, upto: int) -> dict[str, int]:
+    """room_id -> newest stream ordering in (after, upto], for rooms that had any."""
+    if not room_ids:
+        return {}
+    out: dict[str, int] = {}
+    for i in range(0, len(room_ids), 500):
+        chunk = room_ids[i:i + 500]
+        rows = await sql.fetch(
+            "SELECT room_id, MAX(stream_ordering) AS m FROM events WHERE stream_ordering > ? AND "
+            f"stream_ordering <= ? AND room_id IN ({sql.placeholders(len(chunk))}) GROUP BY room_id",
+            [after, upto, *chunk],
+        )
+        out.update({r["room_id"]: r["m"] for r in rows})
+    return out
+
+
+async def latest_orderings(room_ids: list[str]) -> dict[str, int]:
+    return await rooms_with_events_between(room_ids, -(2**62), 2**62)
+
+
+async def get_extremities(room_id: str) -> list[str]:
+    rows = await sql.fetch("SELECT event_id FROM forward_extremities WHERE room_id = ?", [room_id])
+    return [r["event_id"] for r in rows]
+
+
+async def state_events_between(room_id: str, after: int, upto: int) -> list[EventRow]:
+    rows = await sql.fetch(
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE room_id = ? AND stream_ordering > ? AND "
+        "stream_ordering <= ? AND state_key IS NOT NULL ORDER BY stream_ordering",
+        [room_id, after, upto],
+    )
+    return [EventRow.from_db(r) for r in rows]
+
+
+async def get_relations(event_id: str, rel_type: str | None = None) -> list[dict[str, Any]]:
+    q = "SELECT event_id, rel_type, aggregation_key, sender FROM event_relations WHERE relates_to_id = ?"
+    values: list[Any] = [event_id]
+    if rel_type:
+        q += " AND rel_type = ?"
+        values.append(rel_type)
+    return await sql.fetch(q, values)

@@ -1,0 +1,110 @@
+"""Identifiers and stream tokens: small value types shared by every layer."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+import time
+from dataclasses import dataclass, fields, replace
+
+from homeserver.errors import MatrixError
+
+# Localparts for new users (spec "user identifiers"): lowercase, digits and ._=-/+
+LOCALPART_RE = re.compile(r"^[a-z0-9._=\-/+]+$")
+# Historical user IDs may contain any printable ASCII except ':'.
+HISTORICAL_LOCALPART_RE = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")
+SERVER_NAME_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+)(:[0-9]{1,5})?$")
+MAX_ID_LENGTH = 255
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def random_string(n: int, alphabet: str = string.ascii_letters) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+def is_valid_server_name(name: str) -> bool:
+    return bool(SERVER_NAME_RE.match(name)) and len(name) <= MAX_ID_LENGTH
+
+
+def split_id(sigil: str, value: object) -> tuple[str, str] | None:
+    """'@a:b' -> ('a', 'b'); None when the value is not a well-formed ID with that sigil."""
+    if not isinstance(value, str) or len(value) > MAX_ID_LENGTH or not value.startswith(sigil):
+        return None
+    local, sep, server = value[1:].partition(":")
+    if not sep or not local or not is_valid_server_name(server):
+        return None
+    return local, server
+
+
+def parse_user_id(value: object, *, param: str = "user_id") -> tuple[str, str]:
+    parts = split_id("@", value)
+    if parts is None or not HISTORICAL_LOCALPART_RE.match(parts[0]):
+        raise MatrixError(400, "M_INVALID_PARAM", f"{param} is not a valid user ID")
+    return parts
+
+
+def is_valid_user_id(value: object) -> bool:
+    parts = split_id("@", value)
+    return parts is not None and bool(HISTORICAL_LOCALPART_RE.match(parts[0]))
+
+
+def is_valid_room_id(value: object) -> bool:
+    return split_id("!", value) is not None
+
+
+def is_valid_room_alias(value: object) -> bool:
+    return split_id("#", value) is not None
+
+
+def server_of(identifier: str) -> str:
+    return identifier.partition(":")[2]
+
+
+def new_room_id(server_name: str) -> str:
+    return f"!{random_string(18)}:{server_name}"
+
+
+def new_device_id() -> str:
+    return random_string(10, string.ascii_uppercase)
+
+
+@dataclass(frozen=True)
+class StreamToken:
+    """Position in every stream /sync reads; serialised as s<events>_<receipts>_<...>.
+
+    Incremental sync is "everything after these positions", so each component is a
+    monotonically increasing per-server counter.
+    """
+
+    events: int = 0
+    receipts: int = 0
+    account_data: int = 0
+    presence: int = 0
+    typing: int = 0
+    to_device: int = 0
+    device_lists: int = 0
+
+    def serialize(self) -> str:
+        return "s" + "_".join(str(getattr(self, f.name)) for f in fields(self))
+
+    @classmethod
+    def parse(cls, token: object, *, param: str = "since") -> StreamToken:
+        """Accepts sync tokens and the bare pagination tokens ("t<n>" / "s<n>")."""
+        if not isinstance(token, str) or len(token) > 200 or token[:1] not in ("s", "t"):
+            raise MatrixError(400, "M_INVALID_PARAM", f"{param} is not a valid token")
+        parts = token[1:].split("_")
+        names = [f.name for f in fields(cls)]
+        if len(parts) > len(names) or not all(p.isdigit() and len(p) < 19 for p in parts):
+            raise MatrixError(400, "M_INVALID_PARAM", f"{param} is not a valid token")
+        return cls(**{n: int(p) for n, p in zip(names, parts)})
+
+    def copy_with(self, **kw: int) -> StreamToken:
+        return replace(self, **kw)
+
+    def is_after(self, other: StreamToken) -> bool:
+        """True when any stream has advanced past `other`."""
+        return any(getattr(self, f.name) > getattr(other, f.name) for f in fields(self))
