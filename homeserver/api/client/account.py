@@ -12,7 +12,7 @@ bp = Blueprint("account", __name__)
 
 
 class RegisterBody(Body):
-    username: str | None = Field(None, max_length=255)
+    username: str | None = Field(None, max_length=4096)
     password: str | None = Field(None, max_length=512)
     device_id: str | None = Field(None, min_length=1, max_length=255)
     initial_device_display_name: str | None = Field(None, max_length=512)

@@ -1,0 +1,134 @@
+"""Registration, login, logout, whoami, passwords, devices — over real HTTP."""
+
+from __future__ import annotations
+
+import secrets
+
+
+async def test_register_needs_uia_then_succeeds(api):
+    name = f"u{secrets.token_hex(4)}"
+    r = await api.request("POST", "/register", {"username": name, "password": "pw"})
+    assert r.status == 401
+    assert r.json["flows"] == [{"stages": ["m.login.dummy"]}]
+    assert r.json["session"]
+    r = await api.request("POST", "/register", {"username": name, "password": "pw",
+                                                "auth": {"type": "m.login.dummy",
+                                                         "session": r.json["session"]}})
+    assert r.status == 200
+    assert r.json["user_id"] == f"@{name}:{api.server.server_name}"
+    assert r.json["access_token"] and r.json["device_id"]
+
+
+async def test_register_lowercases_and_rejects_taken_and_invalid(api):
+    name = f"Mixed{secrets.token_hex(3)}"
+    user = await api.register(name)
+    assert user.user_id == f"@{name.lower()}:{api.server.server_name}"
+    r = await api.request("POST", "/register", {"username": name.lower(), "password": "x",
+                                                "auth": {"type": "m.login.dummy"}})
+    assert (r.status, r.json["errcode"]) == (400, "M_USER_IN_USE")
+    for bad in ["", "has space", "é", "a:b", "x" * 300]:
+        r = await api.request("POST", "/register", {"username": bad, "password": "x",
+                                                    "auth": {"type": "m.login.dummy"}})
+        assert r.status == 400 and r.json["errcode"] == "M_INVALID_USERNAME", (bad, r)
+    r = await api.request("GET", "/register/available", params={"username": name.lower()})
+    assert (r.status, r.json["errcode"]) == (400, "M_USER_IN_USE")
+    r = await api.request("GET", "/register/available", params={"username": "free" + secrets.token_hex(4)})
+    assert (r.status, r.json) == (200, {"available": True})
+
+
+async def test_login_whoami_logout(api):
+    user = await api.register()
+    local = user.user_id[1:].split(":")[0]
+    r = await api.request("POST", "/login", {"type": "m.login.password",
+                                             "identifier": {"type": "m.id.user", "user": local},
+                                             "password": user.password})
+    assert r.status == 200
+    token = r.json["access_token"]
+    r = await api.request("GET", "/account/whoami", token=token)
+    assert r.json["user_id"] == user.user_id
+    r = await api.request("POST", "/login", {"type": "m.login.password", "user": user.user_id,
+                                             "password": "wrong"})
+    assert (r.status, r.json["errcode"]) == (403, "M_FORBIDDEN")
+    r = await api.request("POST", "/logout", {}, token=token)
+    assert r.status == 200
+    r = await api.request("GET", "/account/whoami", token=token)
+    assert (r.status, r.json["errcode"]) == (401, "M_UNKNOWN_TOKEN")
+    # The first session still works.
+    assert (await user.get("/account/whoami")).status == 200
+
+
+async def test_missing_and_unknown_tokens(api):
+    r = await api.request("GET", "/account/whoami")
+    assert (r.status, r.json["errcode"]) == (401, "M_MISSING_TOKEN")
+    r = await api.request("GET", "/account/whoami", token="nx_nope")
+    assert (r.status, r.json["errcode"]) == (401, "M_UNKNOWN_TOKEN")
+
+
+async def test_logout_all(api):
+    user = await api.register()
+    r = await api.request("POST", "/login", {"type": "m.login.password", "user": user.user_id,
+                                             "password": user.password})
+    second = r.json["access_token"]
+    assert (await user.post("/logout/all")).status == 200
+    for tok in (user.token, second):
+        r = await api.request("GET", "/account/whoami", token=tok)
+        assert r.status == 401
+
+
+async def test_change_password_logs_out_other_devices(api):
+    user = await api.register()
+    r = await api.request("POST", "/login", {"type": "m.login.password", "user": user.user_id,
+                                             "password": user.password})
+    other = r.json["access_token"]
+    r = await user.post("/account/password", {"new_password": "new pw"})
+    assert r.status == 401 and r.json["flows"] == [{"stages": ["m.login.password"]}]
+    r = await user.post("/account/password", {"new_password": "new pw", "auth": {
+        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": user.user_id},
+        "password": "wrong"}})
+    assert r.status == 401 and r.json["errcode"] == "M_FORBIDDEN"
+    r = await user.post("/account/password", {"new_password": "new pw", "auth": {
+        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": user.user_id},
+        "password": user.password}})
+    assert r.status == 200
+    assert (await api.request("GET", "/account/whoami", token=other)).status == 401
+    assert (await user.get("/account/whoami")).status == 200
+    r = await api.request("POST", "/login", {"type": "m.login.password", "user": user.user_id,
+                                             "password": "new pw"})
+    assert r.status == 200
+
+
+async def test_deactivate_blocks_login(api):
+    user = await api.register()
+    r = await user.post("/account/deactivate", {"auth": {"type": "m.login.password",
+                                                         "user": user.user_id,
+                                                         "password": user.password}})
+    assert r.status == 200
+    r = await api.request("POST", "/login", {"type": "m.login.password", "user": user.user_id,
+                                             "password": user.password})
+    assert r.status == 403
+
+
+async def test_devices(api):
+    user = await api.register()
+    r = await user.get("/devices")
+    assert [d["device_id"] for d in r.json["devices"]] == [user.device_id]
+    assert (await user.put(f"/devices/{user.device_id}", {"display_name": "phone"})).status == 200
+    r = await user.get(f"/devices/{user.device_id}")
+    assert r.json["display_name"] == "phone"
+    r = await user.get("/devices/NOPE")
+    assert (r.status, r.json["errcode"]) == (404, "M_NOT_FOUND")
+
+
+async def test_bad_bodies_get_matrix_errors(api):
+    r = await api.request("POST", "/login", raw=b"{not json")
+    assert (r.status, r.json["errcode"]) == (400, "M_NOT_JSON")
+    r = await api.request("POST", "/login", raw=b'{"type": "m.login.password", "user": "\xff"}')
+    assert (r.status, r.json["errcode"]) == (400, "M_NOT_JSON")
+    r = await api.request("POST", "/login", {"type": 5})
+    assert (r.status, r.json["errcode"]) == (400, "M_BAD_JSON")
+    r = await api.request("POST", "/login", [1, 2])
+    assert (r.status, r.json["errcode"]) == (400, "M_BAD_JSON")
+    r = await api.request("GET", "/no/such/endpoint")
+    assert (r.status, r.json["errcode"]) == (404, "M_UNRECOGNIZED")
+    r = await api.request("DELETE", "/login")
+    assert (r.status, r.json["errcode"]) == (405, "M_UNRECOGNIZED")

@@ -1,0 +1,157 @@
+"""Real homeservers for tests: hypercorn on a free loopback port, a fresh SQLite file or a fresh
+PostgreSQL database each, several per process when a test needs them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from hypercorn.asyncio import serve
+from hypercorn.config import Config as HyperConfig
+
+from homeserver.app import create_app
+from homeserver.config import build_config
+
+PG_ADMIN_DSN = os.environ.get("NEXA_TEST_PG", "postgres://postgres@127.0.0.1:5432/test")
+REQUIRE_SERVICES = os.environ.get("NEXA_REQUIRE_SERVICES") == "1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def postgres_available() -> str | None:
+    """None when reachable, else the reason."""
+    try:
+        import asyncpg
+
+        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=3)
+        await conn.close()
+        return None
+    except Exception as e:  # any failure means: not usable here
+        return f"PostgreSQL at {PG_ADMIN_DSN} not reachable: {e}"
+
+
+async def create_pg_database() -> tuple[str, str]:
+    import asyncpg
+
+    name = f"nexa_t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+    return name, f"{base}/{name}"
+
+
+async def drop_pg_database(name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@dataclass
+class RunningServer:
+    base_url: str
+    server_name: str
+    port: int
+    data_dir: Path
+    app: Any
+    backend: str
+    config_data: dict[str, Any]
+    _shutdown: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task | None = None
+    _pg_db: str | None = None
+
+    @property
+    def hs(self):
+        return self.app.hs
+
+    @property
+    def client_url(self) -> str:
+        return f"{self.base_url}/_matrix/client/v3"
+
+    async def stop(self) -> None:
+        self._shutdown.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def start(self) -> None:
+        """(Re)start on the same port and data: a restart keeps everything stored."""
+        cfg = build_config(self.config_data)
+        self.app = create_app(cfg)
+        self._shutdown = asyncio.Event()
+        hc = HyperConfig()
+        hc.bind = [f"127.0.0.1:{self.port}"]
+        hc.accesslog = None
+        hc.errorlog = None
+        hc.graceful_timeout = 1
+        self._task = asyncio.create_task(serve(self.app, hc, shutdown_trigger=self._shutdown.wait))
+        await wait_ready(self.base_url, self._task)
+
+    async def destroy(self) -> None:
+        await self.stop()
+        if self._pg_db:
+            await drop_pg_database(self._pg_db)
+
+
+async def wait_ready(base_url: str, task: asyncio.Task) -> None:
+    async with aiohttp.ClientSession() as s:
+        for _ in range(500):
+            if task.done():
+                task.result()  # raises the start-up error
+                raise RuntimeError("server stopped during start-up")
+            try:
+                async with s.get(f"{base_url}/_matrix/client/versions") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.02)
+    raise RuntimeError(f"server at {base_url} did not become ready")
+
+
+async def start_server(tmp_dir: Path, backend: str = "sqlite", **config: Any) -> RunningServer:
+    port = free_port()
+    server_name = f"localhost:{port}"
+    data_dir = tmp_dir / f"hs-{port}"
+    data: dict[str, Any] = {
+        "server_name": server_name,
+        "data_dir": str(data_dir),
+        "listeners": [{"host": "127.0.0.1", "port": port}],
+        "security": {"bcrypt_rounds": 4},
+        "database": {"sqlite_synchronous": "NORMAL"},
+        # Tests make many requests quickly; limits are exercised by their own tests.
+        "limits": {"login": {"per_second": 1000, "burst": 1000},
+                   "registration": {"per_second": 1000, "burst": 1000},
+                   "messages": {"per_second": 10000, "burst": 10000}},
+        "logging": {"level": "WARNING"},
+    }
+    pg_db = None
+    if backend == "postgres":
+        pg_db, url = await create_pg_database()
+        data["database"] = {"url": url}
+    for k, v in config.items():
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            data[k] = {**data[k], **v}
+        else:
+            data[k] = v
+    srv = RunningServer(base_url=f"http://127.0.0.1:{port}", server_name=server_name, port=port,
+                        data_dir=data_dir, app=None, backend=backend, config_data=data,
+                        _pg_db=pg_db)
+    await srv.start()
+    return srv
