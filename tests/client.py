@@ -79,6 +79,8 @@ class Api:
                       raw: bytes | None = None, params: dict | None = None,
                       prefix: str | None = None, headers: dict | None = None) -> Response:
         assert self.session is not None
+        # '#' (room aliases) would start a URL fragment; send it percent-encoded.
+        path = path.replace("#", "%23")
         url = (self.server.client_url if prefix is None else self.server.base_url + prefix) + path
         hdrs = dict(headers or {})
         if token:

@@ -1,0 +1,104 @@
+"""Sending and reading events: txn idempotency, limits, redaction, /event, /context, /messages."""
+
+from __future__ import annotations
+
+
+async def test_txn_idempotency_per_device(api):
+    alice = await api.register()
+    room_id = await alice.create_room()
+    body = {"msgtype": "m.text", "body": "once"}
+    a = await alice.put(f"/rooms/{room_id}/send/m.room.message/txn1", body)
+    b = await alice.put(f"/rooms/{room_id}/send/m.room.message/txn1", body)
+    assert a.status == b.status == 200
+    assert a.json["event_id"] == b.json["event_id"]
+    msgs = (await alice.get(f"/rooms/{room_id}/messages", params={"dir": "b", "limit": "50"})).json
+    bodies = [e["content"].get("body") for e in msgs["chunk"] if e["type"] == "m.room.message"]
+    assert bodies == ["once"]
+    assert msgs["chunk"][0]["unsigned"]["transaction_id"] == "txn1"
+
+
+async def test_event_too_large_and_bad_content(api):
+    alice = await api.register()
+    room_id = await alice.create_room()
+    r = await alice.put(f"/rooms/{room_id}/send/m.room.message/big",
+                        {"msgtype": "m.text", "body": "x" * 70000})
+    assert (r.status, r.json["errcode"]) == (413, "M_TOO_LARGE")
+    r = await alice.put(f"/rooms/{room_id}/send/m.room.message/float", raw=b'{"n": 1.5}')
+    assert (r.status, r.json["errcode"]) == (400, "M_BAD_JSON")
+    r = await alice.put(f"/rooms/{room_id}/send/m.room.message/huge",
+                        raw=b'{"n": 99999999999999999999}')
+    assert r.status == 400
+    msgs = (await alice.get(f"/rooms/{room_id}/messages", params={"limit": "50"})).json["chunk"]
+    assert not [e for e in msgs if e["type"] == "m.room.message"]
+
+
+async def test_non_member_cannot_send(api):
+    alice = await api.register()
+    eve = await api.register()
+    room_id = await alice.create_room(preset="public_chat")
+    r = await eve.put(f"/rooms/{room_id}/send/m.room.message/x", {"body": "hi"})
+    assert (r.status, r.json["errcode"]) == (403, "M_FORBIDDEN")
+
+
+async def test_get_event_context_and_redaction(api):
+    alice = await api.register()
+    bob = await api.register()
+    room_id = await alice.create_room(preset="public_chat")
+    await bob.join(room_id)
+    ids = [await alice.send_text(room_id, f"m{i}") for i in range(5)]
+    r = await bob.get(f"/rooms/{room_id}/event/{ids[2]}")
+    assert r.status == 200 and r.json["content"]["body"] == "m2"
+    ctx = (await bob.get(f"/rooms/{room_id}/context/{ids[2]}", params={"limit": "4"})).json
+    assert ctx["event"]["event_id"] == ids[2]
+    assert [e["event_id"] for e in ctx["events_before"]] == [ids[1], ids[0]]
+    assert [e["event_id"] for e in ctx["events_after"]] == [ids[3], ids[4]]
+    # Bob may not redact alice's message; alice may.
+    r = await bob.put(f"/rooms/{room_id}/redact/{ids[0]}/r1", {})
+    assert (r.status, r.json["errcode"]) == (403, "M_FORBIDDEN")
+    r = await alice.put(f"/rooms/{room_id}/redact/{ids[0]}/r1", {"reason": "oops"})
+    assert r.status == 200
+    ev = (await bob.get(f"/rooms/{room_id}/event/{ids[0]}")).json
+    assert ev["content"] == {}
+    assert ev["unsigned"]["redacted_because"]["event_id"] == r.json["event_id"]
+    r = await bob.get(f"/rooms/{room_id}/event/$nope")
+    assert (r.status, r.json["errcode"]) == (404, "M_NOT_FOUND")
+
+
+async def test_messages_pagination_both_directions(api):
+    alice = await api.register()
+    room_id = await alice.create_room()
+    sent = [await alice.send_text(room_id, f"n{i}") for i in range(25)]
+    seen: list[str] = []
+    token = None
+    for _ in range(20):
+        params = {"dir": "b", "limit": "7", "filter": '{"types": ["m.room.message"]}'}
+        if token:
+            params["from"] = token
+        page = (await alice.get(f"/rooms/{room_id}/messages", params=params)).json
+        seen += [e["event_id"] for e in page["chunk"]]
+        token = page.get("end")
+        if token is None:
+            break
+    assert seen == list(reversed(sent))
+    fwd = (await alice.get(f"/rooms/{room_id}/messages", params={
+        "dir": "f", "limit": "100", "filter": '{"types": ["m.room.message"]}'})).json
+    assert [e["event_id"] for e in fwd["chunk"]] == sent
+    r = await alice.get(f"/rooms/{room_id}/messages", params={"dir": "x"})
+    assert r.status == 400
+    r = await alice.get(f"/rooms/{room_id}/messages", params={"from": "garbage"})
+    assert (r.status, r.json["errcode"]) == (400, "M_INVALID_PARAM")
+
+
+async def test_history_visibility_joined_hides_earlier_events(api):
+    alice = await api.register()
+    carol = await api.register()
+    room_id = await alice.create_room(preset="public_chat", initial_state=[
+        {"type": "m.room.history_visibility", "content": {"history_visibility": "joined"}}])
+    secret = await alice.send_text(room_id, "before carol")
+    await carol.join(room_id)
+    after = await alice.send_text(room_id, "after carol")
+    page = (await carol.get(f"/rooms/{room_id}/messages", params={"limit": "50"})).json
+    ids = [e["event_id"] for e in page["chunk"]]
+    assert after in ids and secret not in ids
+    assert (await carol.get(f"/rooms/{room_id}/event/{secret}")).status == 404
+    assert (await carol.get(f"/rooms/{room_id}/context/{secret}")).status == 404
