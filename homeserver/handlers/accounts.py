@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from homeserver.errors import AuthRequired, MatrixError, forbidden
 from homeserver.handlers.auth import Requester
 from homeserver.storage import accounts as store
-from homeserver.types import LOCALPART_RE, MAX_ID_LENGTH, new_device_id, split_id
+from homeserver.handlers.usernames import validate_localpart
+from homeserver.types import new_device_id, split_id
 
 if TYPE_CHECKING:
     from homeserver.server import HomeServer
@@ -22,16 +23,6 @@ class LoginResult:
     user_id: str
     device_id: str
     access_token: str
-
-
-def localpart_error(localpart: str, server_name: str) -> str | None:
-    if not localpart:
-        return "User ID cannot be empty"
-    if not LOCALPART_RE.match(localpart):
-        return "User ID may only contain a-z, 0-9, and the characters . _ = - / +"
-    if len(f"@{localpart}:{server_name}") > MAX_ID_LENGTH:
-        return "User ID is too long"
-    return None
 
 
 class AccountHandler:
@@ -116,7 +107,7 @@ class AccountHandler:
 
     async def check_username(self, username: str) -> str:
         local = username.lower()
-        err = localpart_error(local, self.hs.server_name)
+        err = validate_localpart(local, self.hs.server_name)
         if err:
             raise MatrixError(400, "M_INVALID_USERNAME", err)
         user_id = f"@{local}:{self.hs.server_name}"
@@ -201,6 +192,19 @@ class AccountHandler:
         self.hs.auth.forget_tokens(hashes)
 
     # --- devices ---------------------------------------------------------------------------
+
+    async def list_devices(self, user_id: str) -> list:
+        return await store.get_devices(user_id)
+
+    async def get_device(self, user_id: str, device_id: str):
+        dev = await store.get_device(user_id, device_id)
+        if dev is None:
+            raise MatrixError(404, "M_NOT_FOUND", "Unknown device")
+        return dev
+
+    async def rename_device(self, user_id: str, device_id: str, name: str | None) -> None:
+        if not await store.update_device_name(user_id, device_id, name):
+            raise MatrixError(404, "M_NOT_FOUND", "Unknown device")
 
     async def delete_devices(self, requester: Requester, device_ids: list[str]) -> None:
         self.hs.auth.forget_tokens(await store.delete_devices(requester.user_id, device_ids))

@@ -6,7 +6,7 @@ from pydantic import Field
 from quart import Blueprint
 
 from homeserver.api.common import Body, authed, body, client_ip, hs, json_object, respond, validate
-from homeserver.errors import MatrixError, forbidden, not_found
+from homeserver.errors import MatrixError, forbidden
 
 bp = Blueprint("account", __name__)
 
@@ -171,20 +171,14 @@ def _device_json(d) -> dict:
 @bp.route("/devices", methods=["GET"])
 @authed
 async def list_devices(requester):
-    from homeserver.storage import accounts as store
-
-    return respond({"devices": [_device_json(d) for d in await store.get_devices(requester.user_id)]})
+    devices = await hs().accounts.list_devices(requester.user_id)
+    return respond({"devices": [_device_json(d) for d in devices]})
 
 
 @bp.route("/devices/<device_id>", methods=["GET"])
 @authed
 async def get_device(requester, device_id):
-    from homeserver.storage import accounts as store
-
-    d = await store.get_device(requester.user_id, device_id)
-    if d is None:
-        raise not_found("Unknown device")
-    return respond(_device_json(d))
+    return respond(_device_json(await hs().accounts.get_device(requester.user_id, device_id)))
 
 
 class DeviceUpdate(Body):
@@ -194,22 +188,16 @@ class DeviceUpdate(Body):
 @bp.route("/devices/<device_id>", methods=["PUT"])
 @authed
 async def update_device(requester, device_id):
-    from homeserver.storage import accounts as store
-
     req = await body(DeviceUpdate, optional=True)
-    if not await store.update_device_name(requester.user_id, device_id, req.display_name):
-        raise not_found("Unknown device")
+    await hs().accounts.rename_device(requester.user_id, device_id, req.display_name)
     return respond({})
 
 
 @bp.route("/devices/<device_id>", methods=["DELETE"])
 @authed
 async def delete_device(requester, device_id):
-    from homeserver.storage import accounts as store
-
     data = await json_object(optional=True)
-    if await store.get_device(requester.user_id, device_id) is None:
-        raise not_found("Unknown device")
+    await hs().accounts.get_device(requester.user_id, device_id)
     await hs().accounts.check_password_auth(requester, data.get("auth"))
     await hs().accounts.delete_devices(requester, [device_id])
     return respond({})
