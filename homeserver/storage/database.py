@@ -21,6 +21,7 @@ MODEL_MODULES = [
     "homeserver.storage.models_events",
     "homeserver.storage.models_state",
     "homeserver.storage.models_userdata",
+    "homeserver.storage.models_federation",
 ]
 MIGRATIONS_PACKAGE = "homeserver.storage.migrations"
 

@@ -23,6 +23,10 @@ class Event(Model):
     # Transaction ID of the local client that sent it (for unsigned.transaction_id).
     txn_device = fields.CharField(max_length=255, null=True)
     txn_id = fields.CharField(max_length=255, null=True)
+    # Known for auth or state only (e.g. a remote room's state at join): not in the timeline.
+    outlier = fields.BooleanField(default=False, db_default=False)
+    # Passed auth against its own state but not against current state: stored, never served.
+    soft_failed = fields.BooleanField(default=False, db_default=False)
 
     class Meta:
         table = "events"
