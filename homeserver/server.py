@@ -30,9 +30,11 @@ class HomeServer:
         from homeserver.handlers.auth import AuthHandler
         from homeserver.handlers.directory import DirectoryHandler
         from homeserver.handlers.events import EventHandler
+        from homeserver.handlers.filters import FilterHandler
         from homeserver.handlers.messages import MessagesHandler
         from homeserver.handlers.presence import PresenceHandler
         from homeserver.handlers.profile import ProfileHandler
+        from homeserver.handlers.push_rules import PushRulesHandler
         from homeserver.handlers.receipts import ReceiptsHandler
         from homeserver.handlers.rooms import RoomHandler
         from homeserver.handlers.state import StateHandler
@@ -63,6 +65,8 @@ class HomeServer:
         self.account_data = AccountDataHandler(self)
         self.profile = ProfileHandler(self)
         self.directory = DirectoryHandler(self)
+        self.filters = FilterHandler(self)
+        self.push_rules = PushRulesHandler(self)
 
     async def start(self) -> None:
         data_dir = self.config.data_dir
@@ -85,4 +89,6 @@ class HomeServer:
                  "sqlite" if self.db.is_sqlite else "postgres")
 
     async def stop(self) -> None:
+        self.typing.stop()
+        await self.presence.stop()
         await self.db.close()
