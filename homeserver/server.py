@@ -9,7 +9,7 @@ from homeserver.config import Config
 from homeserver.events.signing import SigningKey
 from homeserver.notifier import InProcessNotifier, Notifier
 from homeserver.ratelimit import RateLimiter
-from homeserver.storage.database import Database, IdGenerator, max_of
+from homeserver.storage.database import Database, IdGenerator, max_of, min_of
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +21,8 @@ class StreamIds:
     receipts: IdGenerator
     account_data: IdGenerator
     presence: IdGenerator
+    # Outliers and backfilled history get negative positions: before everything, never synced.
+    backfill: IdGenerator
 
 
 class HomeServer:
@@ -82,6 +84,7 @@ class HomeServer:
                 receipts=IdGenerator(await max_of(conn, "receipts", "stream_id")),
                 account_data=IdGenerator(await max_of(conn, "account_data", "stream_id")),
                 presence=IdGenerator(await max_of(conn, "presence", "stream_id")),
+                backfill=IdGenerator(min(0, await min_of(conn, "events", "stream_ordering")), -1),
             )
         finally:
             self.db.deactivate(token)

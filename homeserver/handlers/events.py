@@ -20,7 +20,8 @@ from homeserver.events.signing import sign_event
 from homeserver.storage import events as event_store
 from homeserver.storage import state as state_store
 from homeserver.storage.events import EventRow, PersistBatch
-from homeserver.types import now_ms
+from homeserver.handlers.state import StateKey
+from homeserver.types import now_ms, server_of
 
 if TYPE_CHECKING:
     from homeserver.server import HomeServer
@@ -37,8 +38,11 @@ class EventHandler:
         self.hs = hs
         self._room_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._persist_lock = asyncio.Lock()
-        # room_id -> (state group of the newest event, its chain length)
+        # room_id -> (a state group equal to the current state, its chain length)
         self._room_groups: dict[str, tuple[int | None, int]] = {}
+        self._chains: dict[int, int] = {}
+        # Called with destinations that have new federation queue rows (the sender wakes).
+        self.on_outbox: Callable[[list[str]], None] | None = None
         # Called after every persisted event (federation sender, appservices, realtime …).
         self.on_persisted: list[PersistedCallback] = []
 
@@ -63,6 +67,11 @@ class EventHandler:
         `txn` is (device_id, txn_id): the same pair from the same user returns the first
         event instead of sending again. `check` runs extra rules under the room lock.
         """
+        # The spec's size limits for these fields (and the width of their columns).
+        for name, value in (("type", etype), ("state_key", state_key),
+                            ("transaction ID", txn[1] if txn else None)):
+            if value is not None and len(value.encode("utf-8", "surrogatepass")) > 255:
+                raise MatrixError(413, "M_TOO_LARGE", f"Event {name} is longer than 255 bytes")
         try:
             canonical_json(content)
         except (ValueError, TypeError) as e:
@@ -123,6 +132,7 @@ class EventHandler:
         return await self._finish_and_persist(pdu, version, {}, pdu["sender"], None)
 
     async def _finish_and_persist(self, pdu, version, current, sender, txn) -> EventRow:
+        """Hash, sign and persist a local event whose state before is the current state."""
         hs = self.hs
         pdu = add_content_hash(pdu)
         pdu = sign_event(pdu, hs.server_name, hs.signing_key, version)
@@ -131,79 +141,157 @@ class EventHandler:
             raise MatrixError(413, "M_TOO_LARGE",
                               f"Event is {size} bytes; the limit is {hs.config.limits.max_event_bytes}")
         event_id = compute_event_id(pdu, version)
+        group, _ = await self._room_group(pdu["room_id"])
+        after = dict(current)
+        if pdu.get("state_key") is not None:
+            after[(pdu["type"], pdu["state_key"])] = event_id
+        destinations = await self.destinations_for(pdu, after)
+        return await self.persist_event(
+            pdu, event_id, state_before=current, base_group=group, new_current=after,
+            txn=(sender, *txn) if txn else None, destinations=destinations)
+
+    async def destinations_for(self, pdu: dict, state_after: dict) -> list[str]:
+        """Other servers that must receive a local event: those with joined members, and the
+        server of a member event's target."""
+        if not self.hs.config.federation.enabled:
+            return []
+        ours = self.hs.server_name
+        remote = {sk: eid for (t, sk), eid in state_after.items()
+                  if t == "m.room.member" and server_of(sk) != ours}
+        servers: set[str] = set()
+        if remote:
+            rows = await self.hs.state.get_events(remote.values())
+            servers = {server_of(sk) for sk, eid in remote.items()
+                       if eid in rows and rows[eid].pdu["content"].get("membership") == "join"}
+        target = pdu.get("state_key")
+        if pdu["type"] == "m.room.member" and target and server_of(target) != ours:
+            servers.add(server_of(target))
+        return sorted(servers)
+
+    async def persist_event(
+        self, pdu: dict, event_id: str, *, state_before: dict[StateKey, str],
+        base_group: int | None, new_current: dict[StateKey, str] | None,
+        txn: tuple[str, str, str] | None = None, destinations: list[str] | None = None,
+        outlier: bool = False, backfilled: bool = False, soft_failed: bool = False,
+    ) -> EventRow:
+        """Persist one event (local or remote) in a single transaction.
+
+        `state_before` is the room state the event was authorised against and `base_group` a
+        state group holding exactly that state (None: store a snapshot). `new_current` is the
+        room's current state after this event, or None when it does not change (outliers,
+        backfill, soft-failed events). `destinations` get durable federation queue rows.
+        """
+        hs = self.hs
         room_id = pdu["room_id"]
         state_key = pdu.get("state_key")
         key = (pdu["type"], state_key) if state_key is not None else None
-
-        unsigned: dict[str, Any] = {}
-        if key is not None and key in current:
-            prev_state = await hs.state.get_event(current[key])
-            if prev_state is not None:
-                unsigned = {"replaces_state": prev_state.event_id,
-                            "prev_content": prev_state.pdu.get("content", {}),
-                            "prev_sender": prev_state.sender}
         stored = dict(pdu)
-        if unsigned:
-            stored["unsigned"] = unsigned
+        stored.pop("unsigned", None)
+        if key is not None and key in state_before:
+            prev_state = await hs.state.get_event(state_before[key])
+            if prev_state is not None:
+                stored["unsigned"] = {"replaces_state": prev_state.event_id,
+                                      "prev_content": prev_state.pdu.get("content", {}),
+                                      "prev_sender": prev_state.sender}
+        timeline = not (outlier or backfilled or soft_failed)
+        old_current = await hs.state.current_state_ids(room_id) if new_current is not None else {}
+        delta = {k: v for k, v in (new_current or {}).items() if old_current.get(k) != v}
+        delta_rows = await hs.state.get_events(v for k, v in delta.items()
+                                               if k[0] == "m.room.member" and v != event_id)
 
         async with self._persist_lock:
-            group, chain = await self._room_group(room_id)
+            ordering = hs.ids.backfill.next() if (outlier or backfilled) else hs.ids.events.next()
             batch = PersistBatch(
                 row=EventRow(
-                    stream_ordering=hs.ids.events.next(), event_id=event_id, room_id=room_id,
-                    type=pdu["type"], state_key=state_key, sender=sender, depth=pdu["depth"],
-                    origin_server_ts=pdu["origin_server_ts"], pdu=stored, state_group=group,
-                    txn_device=txn[0] if txn else None, txn_id=txn[1] if txn else None,
+                    stream_ordering=ordering, event_id=event_id, room_id=room_id,
+                    type=pdu["type"], state_key=state_key, sender=pdu["sender"],
+                    depth=pdu["depth"], origin_server_ts=pdu["origin_server_ts"], pdu=stored,
+                    state_group=None, txn_device=txn[1] if txn else None,
+                    txn_id=txn[2] if txn else None, outlier=outlier, soft_failed=soft_failed,
                 ),
-                prev_event_ids=list(pdu["prev_events"]),
+                prev_event_ids=list(pdu.get("prev_events", [])),
+                update_extremities=timeline, outlier=outlier, soft_failed=soft_failed,
+                txn=txn,
             )
-            new_state = None
-            if key is not None:
-                new_state = dict(await hs.state.state_group_ids(group))
-                new_state[key] = event_id
-                gid = hs.ids.state_groups.next()
-                if group is None or chain + 1 >= state_store.MAX_CHAIN_LENGTH:
-                    batch.new_state_group = (gid, None, 0, new_state)
-                    chain = 0
+            group_state = None
+            group, chain = base_group, 0
+            if not outlier:
+                if base_group is not None:
+                    info = await self._group_chain(base_group)
+                    chain = info
+                if key is None and base_group is not None:
+                    batch.row.state_group = base_group
                 else:
-                    batch.new_state_group = (gid, group, chain + 1, {key: event_id})
-                    chain += 1
-                batch.row.state_group = group = gid
-                batch.current_state_delta = {key: event_id}
-                if pdu["type"] == "m.room.member":
-                    batch.membership = (state_key, pdu["content"].get("membership", "leave"))
-            if txn is not None:
-                batch.txn = (sender, txn[0], txn[1])
-            rel = pdu["content"].get("m.relates_to")
-            if isinstance(rel, dict) and isinstance(rel.get("event_id"), str) and isinstance(
-                rel.get("rel_type"), str
-            ):
+                    group_state = dict(state_before)
+                    if key is not None:
+                        group_state[key] = event_id
+                    gid = hs.ids.state_groups.next()
+                    if base_group is None or chain + 1 >= state_store.MAX_CHAIN_LENGTH:
+                        batch.new_state_group = (gid, None, 0, group_state)
+                        chain = 0
+                    else:
+                        batch.new_state_group = (gid, base_group, chain + 1, {key: event_id})
+                        chain += 1
+                    batch.row.state_group = group = gid
+            batch.current_state_delta = delta
+            for (t, sk), eid in delta.items():
+                if t != "m.room.member":
+                    continue
+                content = pdu["content"] if eid == event_id else (
+                    delta_rows[eid].pdu.get("content", {}) if eid in delta_rows else {})
+                batch.memberships.append((sk, content.get("membership", "leave"), eid, ordering))
+            rel = pdu["content"].get("m.relates_to") if isinstance(pdu.get("content"), dict) else None
+            if timeline and isinstance(rel, dict) and isinstance(rel.get("event_id"), str) \
+                    and isinstance(rel.get("rel_type"), str):
                 agg = rel.get("key") if isinstance(rel.get("key"), str) else None
                 batch.relation = (rel["event_id"], rel["rel_type"], agg)
-            if pdu["type"] == "m.room.redaction" and isinstance(pdu.get("redacts"), str):
-                batch.redacts = pdu["redacts"]
+            if pdu["type"] == "m.room.redaction" and not soft_failed:
+                target = pdu.get("redacts") or (pdu.get("content") or {}).get("redacts")
+                if isinstance(target, str):
+                    batch.redacts = target
+            for dest in destinations or ():
+                batch.extra.append((
+                    "INSERT INTO federation_outbox (destination, event_id, created_ts) VALUES (?,?,?)",
+                    [dest, event_id, now_ms()]))
             await event_store.persist(batch)
             # Caches follow the commit.
-            self._room_groups[room_id] = (group, chain)
-            if new_state is not None:
-                hs.state.cache_state_group(group, new_state)
-            hs.state.apply_state_delta(room_id, batch.current_state_delta)
+            if group_state is not None:
+                hs.state.cache_state_group(group, group_state)
+                self._chains[group] = chain
+            if new_current is not None:
+                hs.state.apply_state_delta(room_id, delta)
+                # Track a group whose state is the current state, for the next local event.
+                self._room_groups[room_id] = (
+                    (batch.row.state_group, chain) if new_current == (
+                        group_state if group_state is not None else state_before) else (None, 0))
             if batch.redacts:
                 hs.state.invalidate_event(batch.redacts)
             row = batch.row
             hs.state.cache_event(row)
-        await self._fan_out(row)
+        if timeline:
+            await self._fan_out(row)
+        if destinations and self.on_outbox is not None:
+            self.on_outbox(destinations)
         return row
 
+    async def _group_chain(self, group: int) -> int:
+        chain = self._chains.get(group)
+        if chain is None:
+            info = await state_store.get_group_info(group)
+            chain = self._chains[group] = info["chain_length"] if info else 0
+        return chain
+
     async def _room_group(self, room_id: str) -> tuple[int | None, int]:
+        """A state group equal to the room's current state (None: none known, snapshot next)."""
         cached = self._room_groups.get(room_id)
         if cached is not None:
             return cached
         group = await state_store.room_state_group(room_id)
-        chain = 0
         if group is not None:
-            info = await state_store.get_group_info(group)
-            chain = info["chain_length"] if info else 0
+            current = await self.hs.state.current_state_ids(room_id)
+            if await self.hs.state.state_group_ids(group) != current:
+                group = None
+        chain = await self._group_chain(group) if group is not None else 0
         self._room_groups[room_id] = (group, chain)
         return group, chain
 

@@ -58,16 +58,25 @@ async def get_devices(user_id: str) -> list[Device]:
     return await Device.filter(user_id=user_id).order_by("device_id")
 
 
+# Longer IDs cannot be stored, so they match nothing (and tortoise rejects them in filters).
+MAX_DEVICE_ID = 255
+
+
 async def get_device(user_id: str, device_id: str) -> Device | None:
+    if len(device_id) > MAX_DEVICE_ID:
+        return None
     return await Device.get_or_none(user_id=user_id, device_id=device_id)
 
 
 async def update_device_name(user_id: str, device_id: str, name: str | None) -> int:
+    if len(device_id) > MAX_DEVICE_ID:
+        return 0
     return await Device.filter(user_id=user_id, device_id=device_id).update(display_name=name)
 
 
 async def delete_devices(user_id: str, device_ids: list[str]) -> list[str]:
     """Deletes devices and their tokens; returns the token hashes removed (for cache eviction)."""
+    device_ids = [d for d in device_ids if len(d) <= MAX_DEVICE_ID]
     hashes = await AccessToken.filter(user_id=user_id, device_id__in=device_ids).values_list(
         "token_hash", flat=True
     )

@@ -95,8 +95,9 @@ class IdGenerator:
     it happen under the same lock, so positions become visible in increasing order.
     """
 
-    def __init__(self, start: int) -> None:
+    def __init__(self, start: int, step: int = 1) -> None:
         self._current = start
+        self._step = step
         self.lock = asyncio.Lock()
 
     @property
@@ -104,13 +105,15 @@ class IdGenerator:
         return self._current
 
     def next(self) -> int:
-        self._current += 1
+        self._current += self._step
         return self._current
-
-    def advance_to(self, value: int) -> None:
-        self._current = max(self._current, value)
 
 
 async def max_of(conn, table: str, column: str) -> int:
     rows = await conn.execute_query_dict(f"SELECT MAX({column}) AS m FROM {table}")
+    return int(rows[0]["m"] or 0) if rows else 0
+
+
+async def min_of(conn, table: str, column: str) -> int:
+    rows = await conn.execute_query_dict(f"SELECT MIN({column}) AS m FROM {table}")
     return int(rows[0]["m"] or 0) if rows else 0

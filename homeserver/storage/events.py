@@ -14,6 +14,7 @@ EVENT_COLUMNS = (
     "stream_ordering, event_id, room_id, type, state_key, sender, depth, origin_server_ts, "
     "json, state_group, redacted_by, txn_device, txn_id"
 )
+READ_COLUMNS = EVENT_COLUMNS + ", outlier, soft_failed"
 
 
 @dataclass
@@ -31,6 +32,8 @@ class EventRow:
     redacted_by: str | None = None
     txn_device: str | None = None
     txn_id: str | None = None
+    outlier: bool = False
+    soft_failed: bool = False
 
     @classmethod
     def from_db(cls, r: dict[str, Any]) -> EventRow:
@@ -40,6 +43,7 @@ class EventRow:
             origin_server_ts=r["origin_server_ts"], pdu=orjson.loads(r["json"]),
             state_group=r["state_group"], redacted_by=r["redacted_by"],
             txn_device=r["txn_device"], txn_id=r["txn_id"],
+            outlier=bool(r.get("outlier")), soft_failed=bool(r.get("soft_failed")),
         )
 
     @property
@@ -57,29 +61,35 @@ class PersistBatch:
     new_state_group: tuple[int, int | None, int, dict[tuple[str, str], str]] | None = None
     # (type, state_key) -> event_id updates to current_state.
     current_state_delta: dict[tuple[str, str], str] = field(default_factory=dict)
-    membership: tuple[str, str] | None = None  # (user_id, membership)
+    memberships: list[tuple[str, str, str, int]] = field(default_factory=list)  # user, membership, event, ordering
     txn: tuple[str, str, str] | None = None  # (user_id, device_id, txn_id)
     relation: tuple[str, str, str | None] | None = None  # (relates_to, rel_type, key)
     redacts: str | None = None
+    # Timeline events move the room's forward extremities; outliers and backfill don't.
+    update_extremities: bool = True
+    outlier: bool = False
+    soft_failed: bool = False
     # Extra statements run in the same transaction (e.g. outbound federation queue rows).
     extra: list[tuple[str, list[Any]]] = field(default_factory=list)
 
 
-async def persist(batch: PersistBatch, update_extremities: bool = True) -> None:
+async def persist(batch: PersistBatch) -> None:
     r = batch.row
     async with in_transaction() as conn:
         await sql.execute(
-            f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ({sql.placeholders(13)})",
+            f"INSERT INTO events ({EVENT_COLUMNS}, outlier, soft_failed) "
+            f"VALUES ({sql.placeholders(15)})",
             [r.stream_ordering, r.event_id, r.room_id, r.type, r.state_key, r.sender, r.depth,
              r.origin_server_ts, orjson.dumps(r.pdu).decode(), r.state_group, None,
-             r.txn_device, r.txn_id],
+             r.txn_device, r.txn_id, batch.outlier, batch.soft_failed],
             conn,
         )
-        await sql.execute_many(
-            "INSERT INTO event_edges (event_id, prev_event_id, room_id) VALUES (?,?,?)",
-            [(r.event_id, p, r.room_id) for p in batch.prev_event_ids], conn,
-        )
-        if update_extremities:
+        if not batch.outlier:
+            await sql.execute_many(
+                "INSERT INTO event_edges (event_id, prev_event_id, room_id) VALUES (?,?,?)",
+                [(r.event_id, p, r.room_id) for p in batch.prev_event_ids], conn,
+            )
+        if batch.update_extremities:
             if batch.prev_event_ids:
                 await sql.execute(
                     "DELETE FROM forward_extremities WHERE room_id = ? AND event_id IN "
@@ -107,14 +117,13 @@ async def persist(batch: PersistBatch, update_extremities: bool = True) -> None:
                 "ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id",
                 [r.room_id, t, sk, eid], conn,
             )
-        if batch.membership is not None:
-            user_id, membership = batch.membership
+        for user_id, membership, event_id, ordering in batch.memberships:
             await sql.execute(
                 "INSERT INTO room_memberships (room_id, user_id, membership, event_id, "
                 "stream_ordering, forgotten) VALUES (?,?,?,?,?,?) ON CONFLICT (room_id, user_id) "
                 "DO UPDATE SET membership = excluded.membership, event_id = excluded.event_id, "
                 "stream_ordering = excluded.stream_ordering, forgotten = excluded.forgotten",
-                [r.room_id, user_id, membership, r.event_id, r.stream_ordering, False], conn,
+                [r.room_id, user_id, membership, event_id, ordering, False], conn,
             )
         if batch.txn is not None:
             await sql.execute(
@@ -152,7 +161,7 @@ async def get_events(event_ids: Iterable[str]) -> dict[str, EventRow]:
     for i in range(0, len(ids), 500):
         chunk = ids[i:i + 500]
         rows = await sql.fetch(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({sql.placeholders(len(chunk))})",
+            f"SELECT {READ_COLUMNS} FROM events WHERE event_id IN ({sql.placeholders(len(chunk))})",
             chunk,
         )
         for r in rows:
@@ -166,8 +175,8 @@ async def get_room_events(
     senders: list[str] | None = None, not_senders: list[str] | None = None,
 ) -> list[EventRow]:
     """Events of one room with stream ordering in (after, before], ordered as asked."""
-    where = ["room_id = ?"]
-    values: list[Any] = [room_id]
+    where = ["room_id = ?", "outlier = ?", "soft_failed = ?"]
+    values: list[Any] = [room_id, False, False]
     if after is not None:
         where.append("stream_ordering > ?")
         values.append(after)
@@ -185,7 +194,7 @@ async def get_room_events(
             values.extend(items)
     order = "DESC" if newest_first else "ASC"
     rows = await sql.fetch(
-        f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
+        f"SELECT {READ_COLUMNS} FROM events WHERE {' AND '.join(where)} "
         f"ORDER BY stream_ordering {order} LIMIT ?",
         [*values, limit],
     )
@@ -201,8 +210,9 @@ async def rooms_with_events_between(room_ids: list[str], after: int, upto: int) 
         chunk = room_ids[i:i + 500]
         rows = await sql.fetch(
             "SELECT room_id, MAX(stream_ordering) AS m FROM events WHERE stream_ordering > ? AND "
-            f"stream_ordering <= ? AND room_id IN ({sql.placeholders(len(chunk))}) GROUP BY room_id",
-            [after, upto, *chunk],
+            f"stream_ordering <= ? AND room_id IN ({sql.placeholders(len(chunk))}) "
+            "AND outlier = ? AND soft_failed = ? GROUP BY room_id",
+            [after, upto, *chunk, False, False],
         )
         out.update({r["room_id"]: r["m"] for r in rows})
     return out
@@ -212,6 +222,22 @@ async def latest_orderings(room_ids: list[str]) -> dict[str, int]:
     return await rooms_with_events_between(room_ids, -(2**62), 2**62)
 
 
+async def known_event_ids(event_ids: Iterable[str]) -> set[str]:
+    ids = list(dict.fromkeys(event_ids))
+    out: set[str] = set()
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        rows = await sql.fetch(
+            f"SELECT event_id FROM events WHERE event_id IN ({sql.placeholders(len(chunk))})", chunk)
+        out.update(r["event_id"] for r in rows)
+    return out
+
+
+async def min_stream_ordering() -> int:
+    rows = await sql.fetch("SELECT MIN(stream_ordering) AS m FROM events")
+    return int(rows[0]["m"] or 0) if rows else 0
+
+
 async def get_extremities(room_id: str) -> list[str]:
     rows = await sql.fetch("SELECT event_id FROM forward_extremities WHERE room_id = ?", [room_id])
     return [r["event_id"] for r in rows]
@@ -219,9 +245,10 @@ async def get_extremities(room_id: str) -> list[str]:
 
 async def state_events_between(room_id: str, after: int, upto: int) -> list[EventRow]:
     rows = await sql.fetch(
-        f"SELECT {EVENT_COLUMNS} FROM events WHERE room_id = ? AND stream_ordering > ? AND "
-        "stream_ordering <= ? AND state_key IS NOT NULL ORDER BY stream_ordering",
-        [room_id, after, upto],
+        f"SELECT {READ_COLUMNS} FROM events WHERE room_id = ? AND stream_ordering > ? AND "
+        "stream_ordering <= ? AND state_key IS NOT NULL AND outlier = ? AND soft_failed = ? "
+        "ORDER BY stream_ordering",
+        [room_id, after, upto, False, False],
     )
     return [EventRow.from_db(r) for r in rows]
 
