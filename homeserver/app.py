@@ -8,7 +8,7 @@ import uuid
 from quart import Quart, request
 from werkzeug.exceptions import HTTPException
 
-from homeserver.api.common import respond
+from homeserver.api.common import reject_nul_in_url, respond
 from homeserver.config import Config
 from homeserver.errors import MatrixError
 from homeserver.server import HomeServer
@@ -57,6 +57,7 @@ def create_app(config: Config, hs: HomeServer | None = None) -> Quart:
     async def _preflight():
         if request.method == "OPTIONS":
             return respond({})
+        reject_nul_in_url()
         length = request.content_length
         if (length is not None and length > config.limits.max_request_bytes
                 and "/media/" not in request.path):

@@ -77,7 +77,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging.getLogger("nexa").warning(w)
     app = create_app(cfg)
     hc = HyperConfig()
-    hc.bind = [f"{lst.host}:{lst.port}" for lst in cfg.listeners]
+    tls = [lst for lst in cfg.listeners if lst.tls_cert]
+    plain = [lst for lst in cfg.listeners if not lst.tls_cert]
+    if len({(str(lst.tls_cert), str(lst.tls_key)) for lst in tls}) > 1:
+        print("error: all TLS listeners must share one tls_cert/tls_key pair", file=sys.stderr)
+        return 2
+    if tls:
+        # hypercorn serves TLS on `bind` and plain HTTP on `insecure_bind`.
+        hc.certfile, hc.keyfile = str(tls[0].tls_cert), str(tls[0].tls_key)
+        hc.bind = [f"{lst.host}:{lst.port}" for lst in tls]
+        hc.insecure_bind = [f"{lst.host}:{lst.port}" for lst in plain]
+    else:
+        hc.bind = [f"{lst.host}:{lst.port}" for lst in cfg.listeners]
     hc.accesslog = "-" if cfg.logging.access_log else None
     hc.graceful_timeout = 5
     shutdown = asyncio.Event()

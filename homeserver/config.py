@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 
 class ConfigError(Exception):
@@ -27,6 +28,15 @@ class _Section(BaseModel):
 class ListenerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8008, ge=0, le=65535)
+    # TLS for this listener (PEM files); both or neither. Real deployments federate over HTTPS.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "ListenerConfig":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        return self
 
 
 class DatabaseConfig(_Section):
@@ -75,8 +85,14 @@ class FederationConfig(_Section):
     enabled: bool = True
     # Plain HTTP between servers: only for several servers on one machine (loopback).
     plain_http: bool = False
+    # Server names (shell-style patterns such as "*.example.org" allowed). None: everyone not denied.
     allow: list[str] | None = None
     deny: list[str] = []
+    # Outbound HTTPS: verify certificates (turn off only for testing); ca_file adds trusted CAs.
+    tls_verify: bool = True
+    ca_file: Path | None = None
+    # Served at /.well-known/matrix/server as {"m.server": ...} to delegate federation traffic.
+    well_known_server: str | None = None
 
 
 class MediaConfig(_Section):

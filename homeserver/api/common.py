@@ -6,7 +6,7 @@ from functools import wraps
 from typing import Any, Callable, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from quart import Response, current_app, request
 
 from homeserver.errors import MatrixError
@@ -19,6 +19,15 @@ class Body(BaseModel):
     """Request bodies: strict types (no "1" for 1) and unknown keys tolerated, as the spec says."""
 
     model_config = ConfigDict(strict=True, extra="allow")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # Typed string fields end up in text columns, and PostgreSQL text cannot hold NUL.
+        items = value if isinstance(value, (list, tuple)) else (value,)
+        if any(isinstance(v, str) and "\x00" in v for v in items):
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 def hs():
@@ -44,7 +53,30 @@ async def json_object(optional: bool = False) -> dict[str, Any]:
         raise MatrixError(400, "M_NOT_JSON", f"Content not JSON: {e}") from None
     if not isinstance(data, dict):
         raise MatrixError(400, "M_BAD_JSON", "The request body must be a JSON object")
+    if json_too_deep(data):
+        raise MatrixError(400, "M_BAD_JSON", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     return data
+
+
+# Deeper values could be stored but never served again (orjson encodes at most 255 levels).
+MAX_JSON_DEPTH = 100
+
+
+def json_too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when objects/arrays nest deeper than `limit` (iterative: no RecursionError)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _field_errors(err: ValidationError) -> str:
@@ -88,6 +120,14 @@ def authed(fn: Callable) -> Callable:
         return await fn(requester, *args, **kwargs)
 
     return wrapper
+
+
+def reject_nul_in_url() -> None:
+    """No Matrix identifier, type or token contains NUL, and PostgreSQL text cannot store it:
+    refuse it anywhere in the path or query string before a route sees it."""
+    if "\x00" in request.path or any(
+            "\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)):
+        raise MatrixError(400, "M_INVALID_PARAM", "NUL characters are not allowed in the URL")
 
 
 def query_int(name: str, default: int | None = None, *, lo: int = 0, hi: int = 2**31) -> int | None:

@@ -55,7 +55,7 @@ def canonical_json(obj: Any) -> bytes:
     _validate(obj)
     try:
         return canonicaljson.encode_canonical_json(obj)
-    except (TypeError, UnicodeEncodeError) as exc:  # e.g. lone surrogates
+    except (TypeError, UnicodeEncodeError, RecursionError) as exc:  # lone surrogates, deep nesting
         raise ValueError(f"cannot encode as canonical JSON: {exc}") from exc
 
 

@@ -41,6 +41,12 @@ def new_access_token() -> str:
     return "nx_" + secrets.token_urlsafe(32)
 
 
+def _bcrypt_input(password: str) -> bytes:
+    """bcrypt reads at most 72 bytes; bcrypt >= 5 raises instead of ignoring the rest, so cut
+    explicitly (the same hashes as before, and as Synapse's)."""
+    return password.encode("utf-8", "surrogatepass")[:72]
+
+
 class AuthHandler:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
@@ -48,13 +54,13 @@ class AuthHandler:
 
     async def hash_password(self, password: str) -> str:
         rounds = self.hs.config.security.bcrypt_rounds
-        pw = password.encode("utf-8", "surrogatepass")
+        pw = _bcrypt_input(password)
         # bcrypt is slow by design: keep it off the event loop.
         hashed = await asyncio.to_thread(bcrypt.hashpw, pw, bcrypt.gensalt(rounds))
         return hashed.decode()
 
     async def check_password(self, password: str, password_hash: str | None) -> bool:
-        pw = password.encode("utf-8", "surrogatepass")
+        pw = _bcrypt_input(password)
         target = password_hash.encode() if password_hash else _DUMMY_HASH
         ok = await asyncio.to_thread(bcrypt.checkpw, pw, target)
         return ok and password_hash is not None

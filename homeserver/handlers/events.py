@@ -254,6 +254,8 @@ class EventHandler:
                     "INSERT INTO federation_outbox (destination, event_id, created_ts) VALUES (?,?,?)",
                     [dest, event_id, now_ms()]))
             await event_store.persist(batch)
+            if not (outlier or backfilled):
+                hs.ids.events.mark_visible(ordering)
             # Caches follow the commit.
             if group_state is not None:
                 hs.state.cache_state_group(group, group_state)

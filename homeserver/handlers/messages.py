@@ -91,7 +91,7 @@ class MessagesHandler:
         bound = await self._read_bounds(requester.user_id, room_id)
         backwards = direction == "b"
         if from_token is None:
-            start = (bound if bound is not None else self.hs.ids.events.current) if backwards else 0
+            start = (bound if bound is not None else self.hs.ids.events.visible) if backwards else 0
         else:
             start = StreamToken.parse(from_token, param="from").events
         if bound is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from homeserver.errors import MatrixError, forbidden, not_found
+from homeserver.events.canonical import canonical_json
+from homeserver.events.power_levels import as_int, get_send_level, validate_power_levels_content
 from homeserver.events.room_versions import (
     DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS, get_room_version,
 )
@@ -47,6 +49,12 @@ def default_power_levels(creator: str, extra_admins: list[str]) -> dict[str, Any
         "events_default": 0, "state_default": 50, "ban": 50, "kick": 50, "redact": 50,
         "invite": 0, "historical": 100, "notifications": {"room": 50},
     }
+
+
+def _user_level(power: dict, user_id: str) -> int:
+    users = power.get("users")
+    default = as_int(power.get("users_default"), 0)
+    return as_int(users.get(user_id), default) if isinstance(users, dict) else default
 
 
 def stripped(row: EventRow) -> dict[str, Any]:
@@ -92,6 +100,16 @@ class RoomHandler:
             initial_state.append((ev["type"], sk, ev["content"]))
         for uid in req.invite:
             await self._check_invite_policy(creator, uid, room_id=None)
+        power = default_power_levels(
+            creator, list(req.invite) if preset_name == "trusted_private_chat" else [])
+        if req.power_level_content_override:
+            power.update(req.power_level_content_override)
+        given = {(t, sk) for t, sk, _ in initial_state}
+        defaults = [("m.room.join_rules", {"join_rule": preset["join_rule"]}),
+                    ("m.room.history_visibility", {"history_visibility": preset["history"]}),
+                    ("m.room.guest_access", {"guest_access": preset["guest"]})]
+        defaults = [(t, c) for t, c in defaults if (t, "") not in given]
+        self._check_creation(req, creator, version, alias, power, defaults, initial_state)
 
         room_id = new_room_id(hs.server_name)
         await Room.create(room_id=room_id, room_version=version.identifier, creator=creator,
@@ -114,21 +132,12 @@ class RoomHandler:
         send = hs.events.send_event
         await send(room_id, creator, "m.room.member", self._member_content("join", profile),
                    state_key=creator)
-        power = default_power_levels(
-            creator, list(req.invite) if preset_name == "trusted_private_chat" else [])
-        if req.power_level_content_override:
-            power.update(req.power_level_content_override)
         await send(room_id, creator, "m.room.power_levels", power, state_key="")
         if alias:
             await RoomAlias.create(alias=alias, room_id=room_id, creator=creator)
             await send(room_id, creator, "m.room.canonical_alias", {"alias": alias}, state_key="")
-        given = {(t, sk) for t, sk, _ in initial_state}
-        defaults = [("m.room.join_rules", {"join_rule": preset["join_rule"]}),
-                    ("m.room.history_visibility", {"history_visibility": preset["history"]}),
-                    ("m.room.guest_access", {"guest_access": preset["guest"]})]
         for etype, content in defaults:
-            if (etype, "") not in given:
-                await send(room_id, creator, etype, content, state_key="")
+            await send(room_id, creator, etype, content, state_key="")
         for etype, sk, content in initial_state:
             await send(room_id, creator, etype, content, state_key=sk)
         if req.name is not None:
@@ -191,6 +200,52 @@ class RoomHandler:
             content["reason"] = reason
         await self.hs.events.send_event(room_id, requester.user_id, "m.room.member", content,
                                         state_key=requester.user_id)
+
+    def _check_creation(self, req: Any, creator: str, version: Any, alias: str | None,
+                        power: dict, defaults: list, initial_state: list) -> None:
+        """Every event createRoom will send, checked before anything is stored: a rejected
+        request must not leave half a room behind."""
+        planned: list[tuple[str, str, Any]] = [
+            ("m.room.create", "", {**(req.creation_content or {}), "room_version": "x" * 32}),
+            ("m.room.power_levels", "", power)]
+        if alias:
+            planned.append(("m.room.canonical_alias", "", {"alias": alias}))
+        planned += [(t, "", c) for t, c in defaults] + list(initial_state)
+        if req.name is not None:
+            planned.append(("m.room.name", "", {"name": req.name}))
+        if req.topic is not None:
+            planned.append(("m.room.topic", "", {"topic": req.topic}))
+        pl = power
+        for etype, state_key, content in planned:
+            try:
+                size = len(canonical_json({"type": etype, "state_key": state_key,
+                                           "content": content}))
+            except ValueError as e:
+                raise MatrixError(400, "M_BAD_JSON", f"{etype} content is not valid: {e}") from None
+            if size > self.hs.config.limits.max_event_bytes - 2048:  # room for the PDU fields
+                raise MatrixError(413, "M_TOO_LARGE", f"{etype} content is too large")
+            if len(etype.encode()) > 255 or len(state_key.encode()) > 255:
+                raise MatrixError(413, "M_TOO_LARGE", "Event type and state_key are limited to "
+                                  "255 bytes")
+            if etype == "m.room.create":
+                if content is not planned[0][2]:
+                    raise MatrixError(400, "M_BAD_JSON", "initial_state cannot hold m.room.create")
+                continue
+            if etype == "m.room.power_levels":
+                problem = validate_power_levels_content(content, version)
+                if problem:
+                    raise MatrixError(400, "M_BAD_JSON", f"Invalid power levels: {problem}")
+                if content is power:
+                    continue  # the room's first: allowed by the create event
+            level = _user_level(pl, creator)
+            if level < get_send_level(etype, state_key, pl):
+                raise forbidden(f"The room's power levels would not let you send {etype}")
+            if etype == "m.room.power_levels":
+                pl = content
+        if req.invite and _user_level(pl, creator) < as_int(pl.get("invite"), 0):
+            raise forbidden("The room's power levels would not let you invite")
+        if creator in req.invite:
+            raise MatrixError(400, "M_INVALID_PARAM", "You cannot invite yourself")
 
     async def _check_invite_policy(self, inviter: str, target: str, room_id: str | None) -> None:
         if server_of(target) != self.hs.server_name:

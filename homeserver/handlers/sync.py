@@ -49,7 +49,7 @@ class SyncHandler:
     def current_token(self) -> StreamToken:
         hs = self.hs
         return StreamToken(
-            events=hs.ids.events.current,
+            events=hs.ids.events.visible,
             receipts=hs.receipts.current_position(),
             account_data=hs.account_data.current_position(),
             presence=hs.presence.current_position(),

@@ -97,12 +97,23 @@ class IdGenerator:
 
     def __init__(self, start: int, step: int = 1) -> None:
         self._current = start
+        self._visible = start
         self._step = step
         self.lock = asyncio.Lock()
 
     @property
     def current(self) -> int:
+        """The last position handed out (its write may not have committed yet)."""
         return self._current
+
+    @property
+    def visible(self) -> int:
+        """The last position whose write has committed: readers never go past it, so a
+        position still being written cannot be skipped by a token taken meanwhile."""
+        return self._visible
+
+    def mark_visible(self, position: int) -> None:
+        self._visible = max(self._visible, position)
 
     def next(self) -> int:
         self._current += self._step
