@@ -26,6 +26,8 @@ CORS_HEADERS = {
 
 def create_app(config: Config, hs: HomeServer | None = None) -> Quart:
     from homeserver.api import client as client_api
+    from homeserver.api import federation as federation_api
+    from homeserver.api import keys as keys_api
     from homeserver.api import wellknown
 
     hs = hs or HomeServer(config)
@@ -39,6 +41,9 @@ def create_app(config: Config, hs: HomeServer | None = None) -> Quart:
     app.config["BODY_TIMEOUT"] = 60
 
     app.register_blueprint(wellknown.bp)
+    app.register_blueprint(keys_api.bp)
+    for bp in federation_api.blueprints():
+        app.register_blueprint(bp)
     for i, prefix in enumerate(CLIENT_PREFIXES):
         for bp in client_api.blueprints():
             app.register_blueprint(bp, url_prefix=prefix, name=f"{bp.name}_{i}")

@@ -93,6 +93,9 @@ class FederationConfig(_Section):
     ca_file: Path | None = None
     # Served at /.well-known/matrix/server as {"m.server": ...} to delegate federation traffic.
     well_known_server: str | None = None
+    # Retries while a destination is down: exponential from retry_base_ms, capped, with jitter.
+    retry_base_ms: int = Field(500, ge=1)
+    retry_max_ms: int = Field(60_000, ge=1)
 
 
 class MediaConfig(_Section):

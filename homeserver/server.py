@@ -32,6 +32,14 @@ class HomeServer:
         from homeserver.handlers.auth import AuthHandler
         from homeserver.handlers.directory import DirectoryHandler
         from homeserver.handlers.events import EventHandler
+        from homeserver.handlers.federation.edus import FederationEduHandler
+        from homeserver.handlers.federation.history import FederationHistory
+        from homeserver.handlers.federation.keyring import Keyring
+        from homeserver.handlers.federation.membership import FederationMembership
+        from homeserver.handlers.federation.queries import FederationQueries
+        from homeserver.handlers.federation.receiver import FederationReceiver
+        from homeserver.handlers.federation.sender import FederationSender
+        from homeserver.handlers.federation.transport import FederationClient
         from homeserver.handlers.filters import FilterHandler
         from homeserver.handlers.messages import MessagesHandler
         from homeserver.handlers.presence import PresenceHandler
@@ -69,6 +77,16 @@ class HomeServer:
         self.directory = DirectoryHandler(self)
         self.filters = FilterHandler(self)
         self.push_rules = PushRulesHandler(self)
+        # Federation
+        self.keyring = Keyring(self)
+        self.federation_client = FederationClient(self)
+        self.receiver = FederationReceiver(self)
+        self.fed_membership = FederationMembership(self)
+        self.fed_history = FederationHistory(self)
+        self.fed_queries = FederationQueries(self)
+        self.federation_sender = FederationSender(self)
+        self.federation_edus = FederationEduHandler(self)
+        self.events.on_outbox = self.federation_sender.wake
 
     async def start(self) -> None:
         data_dir = self.config.data_dir
@@ -88,10 +106,13 @@ class HomeServer:
             )
         finally:
             self.db.deactivate(token)
+        self.federation_sender.start()
         log.info("homeserver %s started (database %s)", self.server_name,
                  "sqlite" if self.db.is_sqlite else "postgres")
 
     async def stop(self) -> None:
         self.typing.stop()
         await self.presence.stop()
+        await self.federation_sender.stop()
+        await self.federation_client.close()
         await self.db.close()

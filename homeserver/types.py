@@ -34,6 +34,8 @@ def split_id(sigil: str, value: object) -> tuple[str, str] | None:
     """'@a:b' -> ('a', 'b'); None when the value is not a well-formed ID with that sigil."""
     if not isinstance(value, str) or len(value) > MAX_ID_LENGTH or not value.startswith(sigil):
         return None
+    if "\x00" in value:  # no identifier grammar allows NUL (nor can PostgreSQL text hold it)
+        return None
     local, sep, server = value[1:].partition(":")
     if not sep or not local or not is_valid_server_name(server):
         return None

@@ -8,7 +8,7 @@ from typing import Any
 from quart import Blueprint
 
 from homeserver.api.common import hs, json_object, query_int, respond
-from homeserver.errors import MatrixError, bad_json, not_found
+from homeserver.errors import bad_json, invalid_param, not_found
 from homeserver.events.signing import sign_json
 from homeserver.types import is_valid_server_name
 
@@ -41,8 +41,7 @@ async def _notarise(requests: dict[str, int]) -> list[dict]:
              if isinstance(name, str) and is_valid_server_name(name)
              and (name == server.server_name or server_allowed(server.config.federation, name))]
     if len(names) > MAX_NOTARY_SERVERS:
-        raise MatrixError(400, "M_LIMIT_EXCEEDED",
-                          f"At most {MAX_NOTARY_SERVERS} servers per key query")
+        raise invalid_param(f"At most {MAX_NOTARY_SERVERS} servers per key query")
     results = await asyncio.gather(
         *(server.keyring.server_keys_response(n, requests[n]) for n in names))
     out = []

@@ -61,11 +61,13 @@ class EventHandler:
         redacts: str | None = None,
         origin_server_ts: int | None = None,
         check: Callable[[dict[str, Any], dict], Awaitable[None]] | None = None,
+        countersign: Callable[[dict[str, Any], RoomVersion], Awaitable[dict]] | None = None,
     ) -> EventRow:
         """Create, authorise and persist one event; returns the stored row.
 
         `txn` is (device_id, txn_id): the same pair from the same user returns the first
-        event instead of sending again. `check` runs extra rules under the room lock.
+        event instead of sending again. `check` runs extra rules under the room lock;
+        `countersign` gets the signed event and returns it with more signatures (remote invites).
         """
         # The spec's size limits for these fields (and the width of their columns).
         for name, value in (("type", etype), ("state_key", state_key),
@@ -97,7 +99,7 @@ class EventHandler:
             except AuthError as e:
                 raise forbidden(e.reason) from None
             pdu["auth_events"] = sorted(r.event_id for r in auth_map.values())
-            return await self._finish_and_persist(pdu, version, current, sender, txn)
+            return await self._finish_and_persist(pdu, version, current, sender, txn, countersign)
 
     async def _build(self, room_id, version, sender, etype, content, state_key, redacts, ts):
         extremities = await event_store.get_extremities(room_id)
@@ -131,7 +133,8 @@ class EventHandler:
         check_auth(pdu, {}, version)
         return await self._finish_and_persist(pdu, version, {}, pdu["sender"], None)
 
-    async def _finish_and_persist(self, pdu, version, current, sender, txn) -> EventRow:
+    async def _finish_and_persist(self, pdu, version, current, sender, txn,
+                                  countersign=None) -> EventRow:
         """Hash, sign and persist a local event whose state before is the current state."""
         hs = self.hs
         pdu = add_content_hash(pdu)
@@ -141,6 +144,8 @@ class EventHandler:
             raise MatrixError(413, "M_TOO_LARGE",
                               f"Event is {size} bytes; the limit is {hs.config.limits.max_event_bytes}")
         event_id = compute_event_id(pdu, version)
+        if countersign is not None:
+            pdu = await countersign(pdu, version)
         group, _ = await self._room_group(pdu["room_id"])
         after = dict(current)
         if pdu.get("state_key") is not None:
@@ -275,6 +280,16 @@ class EventHandler:
         if destinations and self.on_outbox is not None:
             self.on_outbox(destinations)
         return row
+
+    async def set_out_of_room_membership(self, room_id: str, user_id: str, membership: str,
+                                         event_id: str) -> None:
+        """A local user's membership in a room whose state we don't hold (a remote invite or
+        its rejection): a membership row at a fresh stream position, so /sync reports it."""
+        async with self._persist_lock:
+            position = self.hs.ids.events.next()
+            await state_store.upsert_membership(room_id, user_id, membership, event_id, position)
+            self.hs.ids.events.mark_visible(position)
+        self.hs.notifier.notify("events", position, rooms=[room_id], users=[user_id])
 
     async def _group_chain(self, group: int) -> int:
         chain = self._chains.get(group)

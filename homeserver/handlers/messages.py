@@ -36,9 +36,35 @@ class MessagesHandler:
         if etype == "m.room.redaction":
             raise MatrixError(400, "M_BAD_JSON", "Use the /redact endpoint to redact events")
         if state_key is not None and etype == "m.room.member":
-            raise MatrixError(400, "M_BAD_JSON", "Use the membership endpoints to change membership")
+            # A joined member may restate its own join (a room-specific name or avatar); other
+            # membership changes go through the membership endpoints and their checks.
+            own_profile = (state_key == requester.user_id and content.get("membership") == "join"
+                           and await self.hs.state.membership_of(room_id, state_key) == "join")
+            if not own_profile:
+                return await self._membership_via_state(requester, room_id, state_key, content)
         return await self.hs.events.send_event(room_id, requester.user_id, etype, content,
                                                state_key, txn=txn)
+
+    async def _membership_via_state(self, requester: Requester, room_id: str, target: str,
+                                    content: dict) -> EventRow:
+        """PUT /state/m.room.member/{user}: the same rules as the membership endpoints."""
+        rooms = self.hs.rooms
+        membership = content.get("membership")
+        reason = content.get("reason") if isinstance(content.get("reason"), str) else None
+        if membership == "invite":
+            await rooms.invite(requester, room_id, target, reason)
+        elif membership == "join" and target == requester.user_id:
+            await rooms.join(requester, room_id, reason)
+        elif membership == "leave" and target == requester.user_id:
+            await rooms.leave(requester, room_id, reason)
+        elif membership in ("leave", "ban"):
+            await rooms.set_membership_of_other(requester, room_id, target, membership, reason)
+        else:
+            raise MatrixError(400, "M_BAD_JSON", f"Unsupported membership {membership!r}")
+        member = await self.hs.state.current_state_event(room_id, "m.room.member", target)
+        if member is None:
+            raise MatrixError(404, "M_NOT_FOUND", "Membership not found")
+        return member
 
     async def redact(self, requester: Requester, room_id: str, event_id: str,
                      reason: str | None, txn_id: str | None) -> EventRow:

@@ -161,13 +161,20 @@ class RoomHandler:
     # --- membership ------------------------------------------------------------------------
 
     async def resolve_room(self, room_id_or_alias: str) -> str:
+        return (await self.resolve_room_and_servers(room_id_or_alias))[0]
+
+    async def resolve_room_and_servers(self, room_id_or_alias: str) -> tuple[str, list[str]]:
+        """Room ID and servers that can help us join it (for aliases of other servers)."""
         if is_valid_room_id(room_id_or_alias):
-            return room_id_or_alias
+            return room_id_or_alias, []
         if is_valid_room_alias(room_id_or_alias):
+            if server_of(room_id_or_alias) != self.hs.server_name:
+                res = await self.hs.fed_queries.resolve_remote_alias(room_id_or_alias)
+                return res["room_id"], res.get("servers", [])
             row = await RoomAlias.get_or_none(alias=room_id_or_alias)
             if row is None:
                 raise not_found("Room alias not found")
-            return row.room_id
+            return row.room_id, []
         raise MatrixError(400, "M_INVALID_PARAM", "Not a valid room ID or alias")
 
     async def _require_room(self, room_id: str) -> None:
@@ -176,21 +183,49 @@ class RoomHandler:
         if not await self.hs.state.is_room_known(room_id):
             raise not_found("Unknown room")
 
+    async def _participating(self, room_id: str) -> bool:
+        """We hold the room's state and one of our users is still in it."""
+        if not await self.hs.state.is_room_known(room_id):
+            return False
+        members = await state_store.get_room_members(room_id, "join")
+        ours = [u for u in members if server_of(u) == self.hs.server_name]
+        remote = [u for u in members if server_of(u) != self.hs.server_name]
+        return bool(ours) or not remote
+
     async def join(self, requester: Requester, room_id_or_alias: str,
-                   reason: str | None = None) -> str:
-        room_id = await self.resolve_room(room_id_or_alias)
-        await self._require_room(room_id)
-        if await self.hs.state.membership_of(room_id, requester.user_id) == "join":
-            return room_id  # joining twice is a no-op
+                   reason: str | None = None, via: list[str] | None = None) -> str:
+        room_id, servers = await self.resolve_room_and_servers(room_id_or_alias)
+        if not is_valid_room_id(room_id):
+            raise MatrixError(400, "M_INVALID_PARAM", "Not a valid room ID")
         profile = await account_store.get_user(requester.user_id)
         content = self._member_content("join", profile)
         if reason:
             content["reason"] = reason
+        if not await self._participating(room_id):
+            if not self.hs.config.federation.enabled:
+                raise not_found("Unknown room")
+            invite = await state_store.get_membership(room_id, requester.user_id)
+            hints = list(via or []) + servers + [server_of(room_id)]
+            if invite and invite["membership"] == "invite":
+                inv = await self.hs.state.get_event(invite["event_id"])
+                if inv is not None:
+                    hints.insert(0, server_of(inv.sender))
+            return await self.hs.fed_membership.join_remote(requester.user_id, room_id, hints,
+                                                            content)
+        if await self.hs.state.membership_of(room_id, requester.user_id) == "join":
+            return room_id  # joining twice is a no-op
         await self.hs.events.send_event(room_id, requester.user_id, "m.room.member", content,
                                         state_key=requester.user_id)
         return room_id
 
     async def leave(self, requester: Requester, room_id: str, reason: str | None = None) -> None:
+        if is_valid_room_id(room_id) and not await self.hs.state.is_room_known(room_id):
+            m = await state_store.get_membership(room_id, requester.user_id)
+            if m and m["membership"] == "invite":
+                inv = await self.hs.state.get_event(m["event_id"])
+                hints = ([server_of(inv.sender)] if inv else []) + [server_of(room_id)]
+                await self.hs.fed_membership.leave_remote(requester.user_id, room_id, hints)
+                return
         await self._require_room(room_id)
         membership = await self.hs.state.membership_of(room_id, requester.user_id)
         if membership in (None, "leave"):
@@ -274,8 +309,15 @@ class RoomHandler:
             content["is_direct"] = True
         if reason:
             content["reason"] = reason
+        countersign = None
+        if server_of(target) != self.hs.server_name:
+            invite_state = await self.invite_state(room_id, None)
+
+            async def countersign(pdu: dict, version) -> dict:
+                return await self.hs.fed_membership.send_invite(pdu, version, invite_state)
+
         await self.hs.events.send_event(room_id, requester.user_id, "m.room.member", content,
-                                        state_key=target)
+                                        state_key=target, countersign=countersign)
 
     async def set_membership_of_other(self, requester: Requester, room_id: str, target: str,
                                       membership: str, reason: str | None) -> None:
@@ -339,6 +381,10 @@ class RoomHandler:
         return await self.hs.state.state_at(point)
 
     async def invite_state(self, room_id: str, inviter_event: EventRow | None) -> list[dict]:
+        remote = (inviter_event.pdu.get("unsigned") or {}).get("invite_room_state") \
+            if inviter_event is not None else None
+        if isinstance(remote, list):  # an invite from another server carries its own summary
+            return [*remote, stripped(inviter_event)]
         st = await self.hs.state.current_state(room_id, INVITE_STATE_KEYS)
         out = [stripped(r) for r in st.values()]
         if inviter_event is not None:

@@ -50,6 +50,12 @@ class EventRow:
     def is_state(self) -> bool:
         return self.state_key is not None
 
+    def pdu_for_federation(self) -> dict[str, Any]:
+        """The PDU as other servers know it: our local unsigned bookkeeping stripped."""
+        pdu = dict(self.pdu)
+        pdu.pop("unsigned", None)
+        return pdu
+
 
 @dataclass
 class PersistBatch:

@@ -7,6 +7,7 @@ from quart import Blueprint, request
 
 from homeserver.api.common import Body, Requester, authed, body, hs, json_object, query_int, \
     respond, validate
+from homeserver.types import is_valid_server_name
 from homeserver.errors import invalid_param, missing_param, not_found
 from homeserver.handlers.directory import USER_SEARCH_DEFAULT_LIMIT, PublicRoomsQuery
 
@@ -47,23 +48,33 @@ async def search_users(requester: Requester):
     return respond(await hs().directory.search_users(requester.user_id, b.search_term, b.limit))
 
 
-def _check_server(server: str | None) -> None:
-    if server and server != hs().server_name:
-        raise not_found("Fetching other servers' room directories is not supported yet")
+def _remote_server(server: str | None) -> str | None:
+    """The other server whose directory is asked for, or None for ours."""
+    if not server or server == hs().server_name:
+        return None
+    if not is_valid_server_name(server):
+        raise invalid_param("server is not a valid server name")
+    return server
 
 
 @bp.route("/publicRooms", methods=["GET"])
 async def get_public_rooms():
-    _check_server(request.args.get("server"))
+    remote = _remote_server(request.args.get("server"))
     q = PublicRoomsQuery(limit=query_int("limit"), since=request.args.get("since"))
+    if remote:
+        params = {k: v for k, v in (("limit", q.limit), ("since", q.since)) if v is not None}
+        return respond(await hs().fed_queries.remote_public_rooms(remote, params))
     return respond(await hs().directory.public_rooms(q))
 
 
 @bp.route("/publicRooms", methods=["POST"])
 @authed
 async def post_public_rooms(_requester: Requester):
-    b = validate(PublicRoomsBody, await json_object(optional=True))
-    _check_server(request.args.get("server"))
+    data = await json_object(optional=True)
+    b = validate(PublicRoomsBody, data)
+    remote = _remote_server(request.args.get("server"))
+    if remote:
+        return respond(await hs().fed_queries.remote_public_rooms(remote, data))
     f = b.filter_ or PublicRoomsFilter()
     q = PublicRoomsQuery(limit=b.limit, since=b.since, search_term=f.generic_search_term,
                          room_types=f.room_types)

@@ -49,7 +49,8 @@ class TargetBody(ReasonBody):
 @authed
 async def join_any(requester, room_id_or_alias):
     req = await body(ReasonBody, optional=True)
-    room_id = await hs().rooms.join(requester, room_id_or_alias, req.reason)
+    via = request.args.getlist("via") + request.args.getlist("server_name")
+    room_id = await hs().rooms.join(requester, room_id_or_alias, req.reason, via=via[:10])
     return respond({"room_id": room_id})
 
 

@@ -367,3 +367,14 @@ class FederationClient:
     async def user_keys_claim(self, dest: str, body: dict) -> Any:
         return await self.request(dest, "POST", "/_matrix/federation/v1/user/keys/claim",
                                   json=body)
+
+
+def as_client_error(e: Exception, what: str):
+    """What a client sees when a request to another server on its behalf failed."""
+    from homeserver.errors import MatrixError
+
+    if isinstance(e, FederationError):
+        if 400 <= e.status < 500:
+            return MatrixError(e.status, e.errcode or "M_UNKNOWN", f"{what}: {e.error}")
+        return MatrixError(502, "M_UNKNOWN", f"{what}: the other server failed ({e.status})")
+    return MatrixError(404, "M_NOT_FOUND", f"{what}: the other server could not be reached")

@@ -1,0 +1,66 @@
+"""Joining, leaving and inviting across servers (both v1 and v2 shapes where they differ)."""
+
+from __future__ import annotations
+
+from quart import Blueprint, request
+
+from homeserver.api.common import hs, json_object, respond
+from homeserver.api.federation.auth import federation_authed
+
+bp = Blueprint("federation_membership", __name__)
+V1 = "/_matrix/federation/v1"
+V2 = "/_matrix/federation/v2"
+
+
+@bp.route(f"{V1}/make_join/<room_id>/<user_id>", methods=["GET"])
+@federation_authed
+async def make_join(origin, room_id, user_id):
+    versions = request.args.getlist("ver")
+    return respond(await hs().fed_membership.make_membership(origin, room_id, user_id, "join",
+                                                             versions))
+
+
+@bp.route(f"{V1}/make_leave/<room_id>/<user_id>", methods=["GET"])
+@federation_authed
+async def make_leave(origin, room_id, user_id):
+    return respond(await hs().fed_membership.make_membership(origin, room_id, user_id, "leave",
+                                                             None))
+
+
+@bp.route(f"{V2}/send_join/<room_id>/<event_id>", methods=["PUT"])
+@federation_authed
+async def send_join_v2(origin, room_id, event_id):
+    pdu = await json_object()
+    return respond(await hs().fed_membership.send_membership(origin, room_id, event_id, pdu,
+                                                             "join"))
+
+
+@bp.route(f"{V1}/send_join/<room_id>/<event_id>", methods=["PUT"])
+@federation_authed
+async def send_join_v1(origin, room_id, event_id):
+    pdu = await json_object()
+    res = await hs().fed_membership.send_membership(origin, room_id, event_id, pdu, "join")
+    return respond([200, res])
+
+
+@bp.route(f"{V2}/send_leave/<room_id>/<event_id>", methods=["PUT"])
+@federation_authed
+async def send_leave_v2(origin, room_id, event_id):
+    pdu = await json_object()
+    return respond(await hs().fed_membership.send_membership(origin, room_id, event_id, pdu,
+                                                             "leave"))
+
+
+@bp.route(f"{V1}/send_leave/<room_id>/<event_id>", methods=["PUT"])
+@federation_authed
+async def send_leave_v1(origin, room_id, event_id):
+    pdu = await json_object()
+    await hs().fed_membership.send_membership(origin, room_id, event_id, pdu, "leave")
+    return respond([200, {}])
+
+
+@bp.route(f"{V2}/invite/<room_id>/<event_id>", methods=["PUT"])
+@federation_authed
+async def invite_v2(origin, room_id, event_id):
+    body = await json_object()
+    return respond(await hs().fed_membership.on_invite(origin, room_id, event_id, body))
