@@ -126,6 +126,7 @@ class PresenceHandler:
         rooms = await store.joined_rooms_of([u for u, *_ in changes])
         for u, _st, _msg, _ts, sid in rows:
             self.hs.notifier.notify("presence", sid, rooms=rooms.get(u, []), users=[u])
+        await self.hs.federation_edus.on_local_presence(rows)
 
     # --- going offline ---------------------------------------------------------------------
 
@@ -145,7 +146,7 @@ class PresenceHandler:
 
     async def sweep(self) -> int:
         """Turn users offline whom nothing has touched lately; returns how many."""
-        stale = await store.stale_presence(now_ms() - OFFLINE_AFTER_MS)
+        stale = await store.stale_presence(now_ms() - OFFLINE_AFTER_MS, self.hs.server_name)
         await self._set([(r["user_id"], "offline", r["status_msg"]) for r in stale])
         return len(stale)
 

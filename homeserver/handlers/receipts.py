@@ -129,6 +129,8 @@ class ReceiptsHandler:
             self.hs.notifier.notify("receipts", sid, users=[user_id])
         else:
             self.hs.notifier.notify("receipts", sid, rooms=[room_id], users=[user_id])
+        await self.hs.federation_edus.on_local_receipt(room_id, receipt_type, user_id,
+                                                       row.event_id, thread_id)
 
     # --- /sync -----------------------------------------------------------------------------
 

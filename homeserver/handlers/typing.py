@@ -62,6 +62,7 @@ class TypingHandler:
             self.started(room_id, user_id, timeout_ms)
         else:
             self.stopped(room_id, user_id)
+        await self.hs.federation_edus.on_local_typing(room_id, user_id, typing, timeout_ms)
 
     # --- for other handlers (leaving a room, federation EDUs) ------------------------------
 

@@ -86,12 +86,6 @@ async def queue_edus(rows: Iterable[tuple[str, str]]) -> None:
             values, conn)
 
 
-async def count_rows(destination: str) -> int:
-    rows = await sql.fetch("SELECT COUNT(*) AS n FROM federation_outbox WHERE destination = ?",
-                           [destination])
-    return int(rows[0]["n"]) if rows else 0
-
-
 # --- destinations ------------------------------------------------------------------------
 
 async def get_destination(destination: str) -> dict[str, Any] | None:

@@ -172,10 +172,13 @@ async def presence_for_sync(user_id: str, since: int | None, upto: int,
     return await sql.fetch(q + " ORDER BY p.stream_id", args)
 
 
-async def stale_presence(cutoff_ts: int, limit: int = 1000) -> list[dict[str, Any]]:
+async def stale_presence(cutoff_ts: int, server_name: str, limit: int = 1000
+                         ) -> list[dict[str, Any]]:
+    """Our own users only: remote users' presence is their server's to change."""
     return await sql.fetch(
-        f"SELECT {PRESENCE_COLUMNS} FROM presence WHERE state != ? AND last_active_ts < ? LIMIT ?",
-        ["offline", cutoff_ts, limit],
+        f"SELECT {PRESENCE_COLUMNS} FROM presence WHERE state != ? AND last_active_ts < ? "
+        "AND user_id LIKE ? LIMIT ?",
+        ["offline", cutoff_ts, f"%:{server_name}", limit],
     )
 
 

@@ -14,12 +14,14 @@ class Timeline:
         self.user = user
         self.since: str | None = None
         self.events: dict[str, list[dict]] = {}
+        self.ephemeral: dict[str, list[dict]] = {}
 
     async def poll(self, timeout_ms: int = 2000) -> None:
         res = await self.user.sync(self.since, timeout=timeout_ms if self.since else 0)
         self.since = res["next_batch"]
         for room_id, room in res["rooms"]["join"].items():
             self.events.setdefault(room_id, []).extend(room["timeline"]["events"])
+            self.ephemeral.setdefault(room_id, []).extend(room.get("ephemeral", {}).get("events", []))
 
     def bodies(self, room_id: str) -> list[str]:
         return [e["content"].get("body") for e in self.events.get(room_id, [])

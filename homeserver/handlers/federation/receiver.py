@@ -37,6 +37,7 @@ MAX_PDUS = 50
 MAX_EDUS = 100
 MAX_DEPTH = 2**63 - 1
 MISSING_EVENTS_LIMIT = 50
+MISSING_EVENTS_ROUNDS = 20
 
 
 class PduRejected(Exception):
@@ -278,30 +279,45 @@ class FederationReceiver:
         return pdu
 
     async def _fetch_missing(self, origin: str, pdu: dict, version: RoomVersion) -> None:
-        """Fill a gap before an event with /get_missing_events, oldest first."""
+        """Fill the gap before an event with /get_missing_events, walking back page by page
+        until we reach events we know (bounded), then apply them oldest first — so a server
+        that was down sees the history in its real order."""
         room_id = pdu["room_id"]
         extremities = await event_store.get_extremities(room_id)
-        try:
-            res = await self.hs.federation_client.get_missing_events(origin, room_id, {
-                "earliest_events": extremities,
-                "latest_events": [compute_event_id(pdu, version)],
-                "limit": MISSING_EVENTS_LIMIT,
-                "min_depth": 0,
-            })
-        except (FederationError, DestinationUnreachable) as e:
-            log.info("get_missing_events from %s failed: %s", origin, e)
-            return
-        events = res.get("events", []) if isinstance(res, dict) else []
-        events = [e for e in events if isinstance(e, dict) and isinstance(e.get("depth"), int)]
-        for ev in sorted(events, key=lambda e: e["depth"]):
+        latest = [compute_event_id(pdu, version)]
+        fetched: dict[str, dict] = {}
+        for _ in range(MISSING_EVENTS_ROUNDS):
             try:
-                check_pdu_format(ev)
-                if ev.get("room_id") != room_id:
+                res = await self.hs.federation_client.get_missing_events(origin, room_id, {
+                    "earliest_events": extremities, "latest_events": latest,
+                    "limit": MISSING_EVENTS_LIMIT, "min_depth": 0})
+            except (FederationError, DestinationUnreachable) as e:
+                log.info("get_missing_events from %s failed: %s", origin, e)
+                break
+            page = {}
+            for ev in res.get("events", []) if isinstance(res, dict) else []:
+                try:
+                    check_pdu_format(ev)
+                except PduRejected:
                     continue
-                await self.handle_pdu(origin, ev, version, compute_event_id(ev, version),
-                                      fetch_missing=False)
+                if ev["room_id"] == room_id:
+                    page[compute_event_id(ev, version)] = ev
+            new = {k: v for k, v in page.items() if k not in fetched}
+            if not new:
+                break
+            fetched.update(new)
+            # Prev events still unknown after this page: walk back from them next.
+            wanted = {p for ev in new.values() for p in ev["prev_events"]} - set(fetched)
+            unknown = wanted - await event_store.known_event_ids(wanted)
+            if not unknown:
+                break
+            # latest_events are events we have (their prevs are returned, not themselves).
+            latest = sorted(k for k, ev in new.items() if unknown & set(ev["prev_events"]))[:20]
+        for eid, ev in sorted(fetched.items(), key=lambda kv: (kv[1]["depth"], kv[0])):
+            try:
+                await self.handle_pdu(origin, ev, version, eid, fetch_missing=False)
             except PduRejected as e:
-                log.info("missing event from %s rejected: %s", origin, e.reason)
+                log.info("missing event %s from %s rejected: %s", eid, origin, e.reason)
 
     async def _remote_state_after(self, origin: str, room_id: str, event_id: str,
                                   version: RoomVersion) -> StateMap:
