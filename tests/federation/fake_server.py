@@ -59,7 +59,8 @@ class FakeServer:
     def __init__(self) -> None:
         self.port = free_port()
         self.server_name = f"localhost:{self.port}"
-        self.key = SigningKey.generate()
+        # A distinct, predictable key ID per fake server (never the same as another fake's).
+        self.key = SigningKey.generate(version=f"fake{self.port}")
         # Transactions other servers PUT to us: (origin header, txn_id, body).
         self.received: list[tuple[str | None, str, dict]] = []
         self._runner: web.AppRunner | None = None

@@ -187,7 +187,9 @@ class FederationReceiver:
             if extremities <= set(prevs):
                 new_current = state_after
             else:
-                new_current = await self.resolver.resolve(version, [current, state_after])
+                # The event itself is not stored yet: hand it to the resolver directly.
+                new_current = await self.resolver.resolve(
+                    version, [current, state_after], extra={event_id: {**pdu, "event_id": event_id}})
         return await hs.events.persist_event(
             pdu, event_id, state_before=state_before, base_group=base_group,
             new_current=new_current, soft_failed=soft_failed, destinations=destinations)
@@ -196,7 +198,9 @@ class FederationReceiver:
         try:
             await self.hs.keyring.verify_event(pdu, version)
         except (SignatureError, KeyNotFound) as e:
-            await self._reject(pdu, event_id, f"bad signature: {e}")
+            # Refused but not recorded: signatures are not part of the event ID, so a forged
+            # copy (or a key fetch that failed for a moment) must not doom the genuine event.
+            raise PduRejected(f"bad signature: {e}") from None
         if not check_content_hash(pdu):
             # The spec's answer to a wrong hash: keep the event, but only its redacted form.
             log.info("content hash mismatch on %s: redacting", event_id)

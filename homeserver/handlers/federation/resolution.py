@@ -23,11 +23,15 @@ class StateResolver:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
 
-    async def load_auth_chains(self, event_ids: set[str]) -> dict[str, dict]:
-        """Events and their full auth chains, walked breadth first in batches."""
-        event_map: dict[str, dict] = {}
-        requested: set[str] = set()
-        frontier = set(event_ids)
+    async def load_auth_chains(self, event_ids: set[str],
+                               extra: dict[str, dict] | None = None) -> dict[str, dict]:
+        """Events and their full auth chains, walked breadth first in batches. `extra` holds
+        events not stored yet (the one being processed)."""
+        event_map: dict[str, dict] = dict(extra or {})
+        requested: set[str] = set(event_map)
+        frontier = set(event_ids) - requested
+        for ev in event_map.values():
+            frontier.update(a for a in ev.get("auth_events", []) if a not in requested)
         while frontier:
             requested |= frontier
             rows = await self.hs.state.get_events(frontier)
@@ -38,14 +42,15 @@ class StateResolver:
             frontier = nxt - requested
         return event_map
 
-    async def resolve(self, version: RoomVersion, state_sets: list[StateMap]) -> StateMap:
+    async def resolve(self, version: RoomVersion, state_sets: list[StateMap],
+                      extra: dict[str, dict] | None = None) -> StateMap:
         sets = [s for s in state_sets if s is not None]
         if not sets:
             return {}
         if len(sets) == 1 or all(s == sets[0] for s in sets[1:]):
             return dict(sets[0])
         ids = {eid for s in sets for eid in s.values()}
-        event_map = await self.load_auth_chains(ids)
+        event_map = await self.load_auth_chains(ids, extra)
         # Events we cannot load (never fetched) cannot take part; drop them from the sets.
         usable = [{k: v for k, v in s.items() if v in event_map} for s in sets]
         return resolve_state_v2(version, usable, event_map)
