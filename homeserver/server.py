@@ -32,6 +32,7 @@ class HomeServer:
         from homeserver.handlers.auth import AuthHandler
         from homeserver.handlers.directory import DirectoryHandler
         from homeserver.handlers.events import EventHandler
+        from homeserver.handlers.federation.backfill import Backfiller
         from homeserver.handlers.federation.edus import FederationEduHandler
         from homeserver.handlers.federation.history import FederationHistory
         from homeserver.handlers.federation.keyring import Keyring
@@ -84,6 +85,7 @@ class HomeServer:
         self.fed_membership = FederationMembership(self)
         self.fed_history = FederationHistory(self)
         self.fed_queries = FederationQueries(self)
+        self.backfiller = Backfiller(self)
         self.federation_sender = FederationSender(self)
         self.federation_edus = FederationEduHandler(self)
         self.events.on_outbox = self.federation_sender.wake

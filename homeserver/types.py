@@ -100,7 +100,12 @@ class StreamToken:
             raise MatrixError(400, "M_INVALID_PARAM", f"{param} is not a valid token")
         parts = token[1:].split("_")
         names = [f.name for f in fields(cls)]
-        if len(parts) > len(names) or not all(p.isdigit() and len(p) < 19 for p in parts):
+        # Pagination positions may be negative (history backfilled from other servers).
+        if token[0] == "t" and len(parts) == 1 and parts[0].startswith("-"):
+            parts = ["-" + parts[0][1:]] if parts[0][1:].isdigit() else ["x"]
+        if len(parts) > len(names) or not all(
+                (p[1:] if p.startswith("-") and token[0] == "t" else p).isdigit() and len(p) < 20
+                for p in parts):
             raise MatrixError(400, "M_INVALID_PARAM", f"{param} is not a valid token")
         return cls(**{n: int(p) for n, p in zip(names, parts)})
 

@@ -178,6 +178,7 @@ class EventHandler:
         base_group: int | None, new_current: dict[StateKey, str] | None,
         txn: tuple[str, str, str] | None = None, destinations: list[str] | None = None,
         outlier: bool = False, backfilled: bool = False, soft_failed: bool = False,
+        ordering: int | None = None, replace_outlier: bool = False,
     ) -> EventRow:
         """Persist one event (local or remote) in a single transaction.
 
@@ -205,7 +206,8 @@ class EventHandler:
                                                if k[0] == "m.room.member" and v != event_id)
 
         async with self._persist_lock:
-            ordering = hs.ids.backfill.next() if (outlier or backfilled) else hs.ids.events.next()
+            if ordering is None:
+                ordering = hs.ids.backfill.next() if (outlier or backfilled) else hs.ids.events.next()
             batch = PersistBatch(
                 row=EventRow(
                     stream_ordering=ordering, event_id=event_id, room_id=room_id,
@@ -216,7 +218,7 @@ class EventHandler:
                 ),
                 prev_event_ids=list(pdu.get("prev_events", [])),
                 update_extremities=timeline, outlier=outlier, soft_failed=soft_failed,
-                txn=txn,
+                txn=txn, replace_outlier=replace_outlier,
             )
             group_state = None
             group, chain = base_group, 0
@@ -246,7 +248,8 @@ class EventHandler:
                     delta_rows[eid].pdu.get("content", {}) if eid in delta_rows else {})
                 batch.memberships.append((sk, content.get("membership", "leave"), eid, ordering))
             rel = pdu["content"].get("m.relates_to") if isinstance(pdu.get("content"), dict) else None
-            if timeline and isinstance(rel, dict) and isinstance(rel.get("event_id"), str) \
+            if not (outlier or soft_failed) and isinstance(rel, dict) \
+                    and isinstance(rel.get("event_id"), str) \
                     and isinstance(rel.get("rel_type"), str):
                 agg = rel.get("key") if isinstance(rel.get("key"), str) else None
                 batch.relation = (rel["event_id"], rel["rel_type"], agg)
@@ -273,6 +276,8 @@ class EventHandler:
                         group_state if group_state is not None else state_before) else (None, 0))
             if batch.redacts:
                 hs.state.invalidate_event(batch.redacts)
+            if replace_outlier:
+                hs.state.invalidate_event(event_id)
             row = batch.row
             hs.state.cache_event(row)
         if timeline:

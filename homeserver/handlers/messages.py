@@ -102,11 +102,18 @@ class MessagesHandler:
             return m["stream_ordering"]
         raise forbidden("You are not allowed to view this room")
 
+    async def _timeline_event(self, room_id: str, event_id: str, bound: int | None) -> EventRow:
+        """An event clients may be shown: in this room, in the timeline (not an outlier or
+        soft-failed), and not after the reader left."""
+        row = await self.hs.state.get_event(event_id)
+        if (row is None or row.room_id != room_id or row.outlier or row.soft_failed
+                or (bound is not None and row.stream_ordering > bound)):
+            raise not_found("Event not found")
+        return row
+
     async def get_event(self, requester: Requester, room_id: str, event_id: str) -> dict:
         bound = await self._read_bounds(requester.user_id, room_id)
-        row = await self.hs.state.get_event(event_id)
-        if row is None or row.room_id != room_id or (bound is not None and row.stream_ordering > bound):
-            raise not_found("Event not found")
+        row = await self._timeline_event(room_id, event_id, bound)
         visible = await filter_for_user(self.hs, requester.user_id, [row])
         if not visible:
             raise not_found("Event not found")
@@ -130,8 +137,9 @@ class MessagesHandler:
         chunk: list[EventRow] = []
         pos = start
         exhausted = False
+        backfilled = False
         # Visibility may hide events; fetch a few pages until the page is full.
-        for _ in range(5):
+        for _ in range(6):
             if backwards:
                 rows = await event_store.get_room_events(
                     room_id, before=pos, after=stop, limit=limit - len(chunk) + 1,
@@ -149,6 +157,11 @@ class MessagesHandler:
                 pos = rows[-1].stream_ordering - 1 if backwards else rows[-1].stream_ordering
             chunk.extend(await filter_for_user(self.hs, requester.user_id, rows))
             if not more:
+                # Out of local history: older events may live on other servers.
+                if backwards and stop is None and not backfilled:
+                    backfilled = True
+                    if await self.hs.backfiller.backfill(room_id):
+                        continue
                 exhausted = True
                 break
             if len(chunk) >= limit:
@@ -171,9 +184,7 @@ class MessagesHandler:
     async def context(self, requester: Requester, room_id: str, event_id: str, limit: int,
                       flt: Any) -> dict:
         bound = await self._read_bounds(requester.user_id, room_id)
-        row = await self.hs.state.get_event(event_id)
-        if row is None or row.room_id != room_id or (bound is not None and row.stream_ordering > bound):
-            raise not_found("Event not found")
+        row = await self._timeline_event(room_id, event_id, bound)
         if not await filter_for_user(self.hs, requester.user_id, [row]):
             raise not_found("Event not found")
         half_before = limit // 2

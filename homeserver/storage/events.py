@@ -77,11 +77,16 @@ class PersistBatch:
     soft_failed: bool = False
     # Extra statements run in the same transaction (e.g. outbound federation queue rows).
     extra: list[tuple[str, list[Any]]] = field(default_factory=list)
+    # An event known so far only as an outlier now takes its place in the timeline.
+    replace_outlier: bool = False
 
 
 async def persist(batch: PersistBatch) -> None:
     r = batch.row
     async with in_transaction() as conn:
+        if batch.replace_outlier:
+            await sql.execute("DELETE FROM events WHERE event_id = ? AND outlier = ?",
+                              [r.event_id, True], conn)
         await sql.execute(
             f"INSERT INTO events ({EVENT_COLUMNS}, outlier, soft_failed) "
             f"VALUES ({sql.placeholders(15)})",
@@ -235,6 +240,19 @@ async def known_event_ids(event_ids: Iterable[str]) -> set[str]:
         chunk = ids[i:i + 500]
         rows = await sql.fetch(
             f"SELECT event_id FROM events WHERE event_id IN ({sql.placeholders(len(chunk))})", chunk)
+        out.update(r["event_id"] for r in rows)
+    return out
+
+
+async def timeline_event_ids(event_ids: Iterable[str]) -> set[str]:
+    """Those of the events we hold as part of the timeline (not only as outliers)."""
+    ids = list(dict.fromkeys(event_ids))
+    out: set[str] = set()
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        rows = await sql.fetch(
+            f"SELECT event_id FROM events WHERE event_id IN ({sql.placeholders(len(chunk))}) "
+            "AND outlier = ?", [*chunk, False])
         out.update(r["event_id"] for r in rows)
     return out
 

@@ -379,10 +379,6 @@ async def test_event_citing_stale_auth_events_fails_against_the_state_before_it(
     await room.assert_unseen(since, eid)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: FederationReceiver._check_own_auth (homeserver/handlers/federation/receiver.py) "
-    "does not apply auth rule 2 (events.auth.check_auth_events_selection): duplicate and "
-    "unexpected auth events are accepted"))
 @pytest.mark.parametrize("selection", ["two_power_levels_events", "unexpected_auth_event"])
 async def test_event_citing_a_wrong_selection_of_auth_events_is_rejected(room, selection):
     """Auth rule 2: an event is rejected if it cites two auth events of one type and state key,
@@ -445,9 +441,6 @@ async def test_event_failing_only_against_current_state_is_soft_failed_never_app
     assert not {msg_id, join_id} & set(new_pdu["prev_events"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: MessagesHandler.get_event and .context (homeserver/handlers/messages.py) "
-    "serve soft-failed events by ID"))
 async def test_soft_failed_event_is_not_served_by_id(room):
     since, msg_id, join_id = await _send_soft_failing_events(room)
     await room.assert_not_served_by_id(msg_id)

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from homeserver.events.auth import AuthError, auth_types_for_event, check_auth
+from homeserver.events.auth import (
+    AuthError, auth_types_for_event, check_auth, check_auth_events_selection,
+)
 from homeserver.events.canonical import canonical_json
 from homeserver.events.hashing import check_content_hash, compute_event_id
 from homeserver.events.redaction import redact_event
@@ -234,12 +236,16 @@ class FederationReceiver:
     async def _check_own_auth(self, pdu: dict, version: RoomVersion, event_id: str) -> None:
         """Auth against the event's own auth events (which are all known by now)."""
         rows = await self.hs.state.get_events(pdu["auth_events"])
-        auth: dict = {}
-        for row in rows.values():
-            if row.state_key is None or row.room_id != pdu["room_id"]:
-                await self._reject(pdu, event_id, "auth event is not a state event of this room")
-            auth[(row.type, row.state_key)] = row.pdu
+        rejected = await sql.fetch(
+            f"SELECT event_id FROM rejected_events WHERE event_id IN "
+            f"({sql.placeholders(len(pdu['auth_events']))})", pdu["auth_events"]) \
+            if pdu["auth_events"] else []
+        if rejected:
+            await self._reject(pdu, event_id, "cites a rejected event as an auth event")
         try:
+            # Rule 2: the cited events must be the right ones (no duplicates, no strays).
+            auth = check_auth_events_selection(
+                pdu, [r.pdu for r in rows.values()], version)
             check_auth(pdu, auth, version)
         except AuthError as e:
             await self._reject(pdu, event_id, f"fails auth against its auth events: {e.reason}")
@@ -262,6 +268,7 @@ class FederationReceiver:
         event_id = compute_event_id(pdu, version)
         if await self.hs.state.get_event(event_id) is not None:
             return None
+        await self._check_not_rejected(event_id)
         pdu = await self._verified(pdu, version, event_id)
         await self._ensure_auth_events(origin, pdu, version, depth)
         await self._check_own_auth(pdu, version, event_id)
