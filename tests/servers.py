@@ -72,6 +72,7 @@ class RunningServer:
     app: Any
     backend: str
     config_data: dict[str, Any]
+    host: str = "127.0.0.1"
     _shutdown: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task | None = None
     _pg_db: str | None = None
@@ -96,7 +97,7 @@ class RunningServer:
         self.app = create_app(cfg)
         self._shutdown = asyncio.Event()
         hc = HyperConfig()
-        hc.bind = [f"127.0.0.1:{self.port}"]
+        hc.bind = [f"{self.host}:{self.port}"]
         hc.accesslog = None
         hc.errorlog = None
         hc.graceful_timeout = 1
@@ -125,14 +126,16 @@ async def wait_ready(base_url: str, task: asyncio.Task) -> None:
     raise RuntimeError(f"server at {base_url} did not become ready")
 
 
-async def start_server(tmp_dir: Path, backend: str = "sqlite", **config: Any) -> RunningServer:
+async def start_server(tmp_dir: Path, backend: str = "sqlite", host: str = "127.0.0.1",
+                       **config: Any) -> RunningServer:
+    """A server named localhost:<port>, or <host>:<port> on another loopback address."""
     port = free_port()
-    server_name = f"localhost:{port}"
+    server_name = f"localhost:{port}" if host == "127.0.0.1" else f"{host}:{port}"
     data_dir = tmp_dir / f"hs-{port}"
     data: dict[str, Any] = {
         "server_name": server_name,
         "data_dir": str(data_dir),
-        "listeners": [{"host": "127.0.0.1", "port": port}],
+        "listeners": [{"host": host, "port": port}],
         "security": {"bcrypt_rounds": 4},
         "database": {"sqlite_synchronous": "NORMAL"},
         # Tests make many requests quickly; limits are exercised by their own tests.
@@ -141,7 +144,7 @@ async def start_server(tmp_dir: Path, backend: str = "sqlite", **config: Any) ->
                    "messages": {"per_second": 10000, "burst": 10000}},
         "logging": {"level": "WARNING"},
         # Tests never reach beyond this machine, whatever server names the input contains.
-        "federation": {"plain_http": True, "allow": ["localhost:*", "127.0.0.1:*"]},
+        "federation": {"plain_http": True, "allow": ["localhost:*", "127.0.0.*:*"]},
     }
     pg_db = None
     if backend == "postgres":
@@ -152,7 +155,8 @@ async def start_server(tmp_dir: Path, backend: str = "sqlite", **config: Any) ->
             data[k] = {**data[k], **v}
         else:
             data[k] = v
-    srv = RunningServer(base_url=f"http://127.0.0.1:{port}", server_name=server_name, port=port,
+    srv = RunningServer(base_url=f"http://{host}:{port}", server_name=server_name, port=port,
+                        host=host,
                         data_dir=data_dir, app=None, backend=backend, config_data=data,
                         _pg_db=pg_db)
     await srv.start()

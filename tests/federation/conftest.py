@@ -7,7 +7,7 @@ import pytest
 from tests.client import Api
 from tests.servers import start_server
 
-FED = {"plain_http": True, "allow": ["localhost:*", "127.0.0.1:*"],
+FED = {"plain_http": True, "allow": ["localhost:*", "127.0.0.*:*"],
        "retry_base_ms": 50, "retry_max_ms": 1000}
 
 
@@ -15,9 +15,9 @@ FED = {"plain_http": True, "allow": ["localhost:*", "127.0.0.1:*"],
 async def servers(backend, tmp_path):
     started = []
 
-    async def make(n: int = 3):
+    async def make(n: int = 3, host: str = "127.0.0.1"):
         for _ in range(n):
-            started.append(await start_server(tmp_path, backend, federation=FED))
+            started.append(await start_server(tmp_path, backend, host=host, federation=FED))
         return started
 
     yield make

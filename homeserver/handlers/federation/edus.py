@@ -17,6 +17,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Iterable
 
 from homeserver.storage import federation_queue as queue
+from homeserver.events.server_acl import server_allowed_by_acl
 from homeserver.types import is_valid_room_id, is_valid_user_id, now_ms, server_of
 
 if TYPE_CHECKING:
@@ -175,6 +176,9 @@ class FederationEduHandler:
             return False
         if not await self.hs.state.is_room_known(room_id):
             return False
+        acl = await self.hs.state.current_state_event(room_id, "m.room.server_acl")
+        if acl is not None and not server_allowed_by_acl(acl.pdu.get("content"), origin):
+            return False  # the room's ACL bans this server's EDUs too
         return await self.hs.state.membership_of(room_id, user_id) == "join"
 
     async def _typing(self, origin: str, content: dict) -> None:
