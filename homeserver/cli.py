@@ -101,7 +101,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     print(f"Nexa {cfg.server_name} listening on {cfg.base_url} (data in {cfg.data_dir})",
           flush=True)
-    asyncio.run(main())
+    try:  # uvloop: a faster event loop where available (Linux, macOS)
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
     return 0
 
 

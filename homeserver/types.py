@@ -107,7 +107,10 @@ class StreamToken:
                 (p[1:] if p.startswith("-") and token[0] == "t" else p).isdigit() and len(p) < 20
                 for p in parts):
             raise MatrixError(400, "M_INVALID_PARAM", f"{param} is not a valid token")
-        return cls(**{n: int(p) for n, p in zip(names, parts)})
+        values = {n: int(p) for n, p in zip(names, parts)}
+        if not all(-(2**63) <= v < 2**63 for v in values.values()):  # BIGINT positions
+            raise MatrixError(400, "M_INVALID_PARAM", f"{param} is not a valid token")
+        return cls(**values)
 
     def copy_with(self, **kw: int) -> StreamToken:
         return replace(self, **kw)

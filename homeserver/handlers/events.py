@@ -280,6 +280,9 @@ class EventHandler:
                 hs.state.invalidate_event(event_id)
             row = batch.row
             hs.state.cache_event(row)
+            hs.state.invalidate_memberships(m[0] for m in batch.memberships)
+            if timeline:
+                hs.state.recent.append(row)
         if timeline:
             await self._fan_out(row)
         if destinations and self.on_outbox is not None:
@@ -293,6 +296,7 @@ class EventHandler:
         async with self._persist_lock:
             position = self.hs.ids.events.next()
             await state_store.upsert_membership(room_id, user_id, membership, event_id, position)
+            self.hs.state.invalidate_memberships([user_id])
             self.hs.ids.events.mark_visible(position)
         self.hs.notifier.notify("events", position, rooms=[room_id], users=[user_id])
 

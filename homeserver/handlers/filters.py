@@ -228,6 +228,7 @@ class FilterHandler:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
         self._cache: LRU = LRU(10_000)  # (user_id, filter_id) -> Filter
+        self._resolved: dict[tuple[str, str | None], dict[str, Any]] = {}
 
     async def create_filter(self, requester: str, user_id: str, data: Any) -> str:
         if user_id != requester:
@@ -258,8 +259,18 @@ class FilterHandler:
         return filt
 
     async def resolve(self, user_id: str, value: str | None) -> dict[str, Any]:
-        """Like resolve_sync_filter, but the validated filter JSON itself (for dict readers)."""
-        return (await self.resolve_sync_filter(user_id, value)).raw
+        """Like resolve_sync_filter, but the validated filter JSON itself (for dict readers).
+
+        Clients send the same filter with every /sync: remember the answer (filters are
+        immutable once uploaded, inline ones are their own key)."""
+        key = (user_id, value)
+        cached = self._resolved.get(key)
+        if cached is None:
+            cached = (await self.resolve_sync_filter(user_id, value)).raw
+            if len(self._resolved) >= 10_000:
+                self._resolved.clear()
+            self._resolved[key] = cached
+        return cached
 
     async def resolve_sync_filter(self, user_id: str, value: str | None) -> Filter:
         """The /sync `filter` parameter: absent, a filter ID, or inline JSON."""

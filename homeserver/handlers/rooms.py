@@ -342,6 +342,7 @@ class RoomHandler:
         if membership in ("join", "invite", "knock"):
             raise MatrixError(400, "M_UNKNOWN", "Leave the room before forgetting it")
         await state_store.set_forgotten(room_id, requester.user_id)
+        self.hs.state.invalidate_memberships([requester.user_id])
 
     async def leave_all_rooms(self, user_id: str) -> None:
         req = Requester(user_id, None, "")

@@ -11,6 +11,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Iterable
 
 from homeserver.events.room_versions import RoomVersion, get_room_version
+from homeserver.handlers.recent import RecentEvents
 from homeserver.storage import events as event_store
 from homeserver.storage import state as state_store
 from homeserver.storage.events import EventRow
@@ -47,6 +48,8 @@ class StateHandler:
         self._current: LRU = LRU(5_000)  # room_id -> dict[StateKey, event_id]
         self._groups: LRU = LRU(2_000)  # state_group -> dict[StateKey, event_id]
         self._versions: dict[str, RoomVersion] = {}
+        self._memberships: LRU = LRU(20_000)  # user_id -> their membership rows
+        self.recent = RecentEvents()
 
     # --- events ----------------------------------------------------------------------------
 
@@ -152,6 +155,18 @@ class StateHandler:
         ids = await self.current_state_ids(room_id)
         rows = await self.get_events(eid for (t, _), eid in ids.items() if t == "m.room.member")
         return [r.state_key for r in rows.values() if r.pdu["content"].get("membership") == "join"]
+
+    async def user_memberships(self, user_id: str) -> list[dict[str, Any]]:
+        """The user's room memberships (not forgotten), cached until one of them changes."""
+        rows = self._memberships.get_item(user_id)
+        if rows is None:
+            rows = await state_store.get_user_memberships(user_id)
+            self._memberships.put(user_id, rows)
+        return rows
+
+    def invalidate_memberships(self, user_ids: Iterable[str]) -> None:
+        for u in user_ids:
+            self._memberships.pop(u, None)
 
     def clear(self) -> None:
         self._events.clear()

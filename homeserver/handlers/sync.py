@@ -62,7 +62,7 @@ class SyncHandler:
         deadline = time.monotonic() + min(timeout_ms, MAX_TIMEOUT_MS) / 1000
         await self.hs.presence.touch(requester.user_id)
         while True:
-            rooms = [m["room_id"] for m in await state_store.get_user_memberships(requester.user_id)]
+            rooms = [m["room_id"] for m in await self.hs.state.user_memberships(requester.user_id)]
             with self.hs.notifier.listen(requester.user_id, rooms) as listener:
                 now = self.current_token()
                 if since_tok is not None and not full_state and not now.is_after(since_tok):
@@ -91,7 +91,7 @@ class SyncHandler:
                        full_state: bool, flt: dict | None) -> dict[str, Any]:
         hs = self.hs
         user_id = requester.user_id
-        memberships = await state_store.get_user_memberships(user_id)
+        memberships = await hs.state.user_memberships(user_id)
         global_ad, room_ad = await hs.account_data.get_for_sync(
             user_id, since.account_data if since else None, now.account_data)
         joined_ids = [m["room_id"] for m in memberships if m["membership"] == "join"]
@@ -99,8 +99,17 @@ class SyncHandler:
             user_id, joined_ids, since.receipts if since else None, now.receipts)
         typing_rooms = (hs.typing.rooms_changed_since(since.typing, set(joined_ids))
                         if since else set(joined_ids))
-        changed = (await event_store.rooms_with_events_between(joined_ids, since.events, now.events)
-                   if since else {})
+        tails = await hs.state.recent.tails(joined_ids, event_store.latest_orderings)
+        changed: set[str] = set()
+        if since is not None:
+            for r, t in tails.items():
+                entries = hs.state.recent.between(t, since.events, now.events)
+                if entries is None or entries:
+                    changed.add(r)
+        if since is not None and len(tails) < len(joined_ids):
+            rest = [r for r in joined_ids if r not in tails]
+            changed |= set(await event_store.rooms_with_events_between(rest, since.events,
+                                                                        now.events))
 
         join: dict[str, Any] = {}
         invite: dict[str, Any] = {}
@@ -147,6 +156,12 @@ class SyncHandler:
         if not isinstance(limit, int) or limit < 0:
             limit = DEFAULT_TIMELINE_LIMIT
         limit = min(limit, 500)
+        if since is not None:
+            rows = await self._timeline_from_tail(room_id, since.events, upto, limit, flt)
+            if rows is not None:
+                limited = len(rows) > limit
+                rows = rows[-limit:] if limit else []
+                return await filter_for_user(self.hs, requester.user_id, rows), limited
         rows = await event_store.get_room_events(
             room_id, after=since.events if since else None, before=upto, limit=limit + 1,
             newest_first=True,
@@ -158,6 +173,26 @@ class SyncHandler:
         limited = len(rows) > limit
         rows = list(reversed(rows[:limit]))
         return await filter_for_user(self.hs, requester.user_id, rows), limited
+
+    async def _timeline_from_tail(self, room_id: str, after: int, upto: int, limit: int,
+                                  flt: dict | None) -> list[EventRow] | None:
+        """Timeline events from the in-memory tail (None: not covered, ask the database)."""
+        tails = await self.hs.state.recent.tails([room_id], event_store.latest_orderings)
+        tail = tails.get(room_id)
+        entries = self.hs.state.recent.between(tail, after, upto) if tail else None
+        if entries is None:
+            return None
+        types = fget(flt, "room", "timeline", "types")
+        not_types = fget(flt, "room", "timeline", "not_types")
+        senders = fget(flt, "room", "timeline", "senders")
+        not_senders = fget(flt, "room", "timeline", "not_senders")
+        entries = [e for e in entries
+                   if _type_allowed(e.type, types, not_types)
+                   and (senders is None or e.sender in senders)
+                   and e.sender not in (not_senders or ())]
+        entries = entries[-(limit + 1):]
+        rows = await self.hs.state.get_events(e.event_id for e in entries)
+        return [rows[e.event_id] for e in entries if e.event_id in rows]
 
     async def _state_for(self, requester: Requester, room_id: str, since: StreamToken | None,
                          timeline: list[EventRow], limited: bool, upto_row: EventRow | None,
@@ -217,7 +252,7 @@ class SyncHandler:
             "account_data": {"events": account_data},
             "unread_notifications": {"notification_count": 0, "highlight_count": 0},
         }
-        if full or any(r.type == "m.room.member" for r in [*timeline, *state]):
+        if full or any(r.type == "m.room.member" for r in timeline):
             out["summary"] = await self._summary(room_id, requester.user_id)
         return out
 
