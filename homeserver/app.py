@@ -28,6 +28,8 @@ def create_app(config: Config, hs: HomeServer | None = None) -> Quart:
     from homeserver.api import client as client_api
     from homeserver.api import federation as federation_api
     from homeserver.api import keys as keys_api
+    from homeserver.api import media as media_api
+    from homeserver.api import web as web_api
     from homeserver.api import wellknown
 
     hs = hs or HomeServer(config)
@@ -49,6 +51,9 @@ def create_app(config: Config, hs: HomeServer | None = None) -> Quart:
             app.register_blueprint(bp, url_prefix=prefix, name=f"{bp.name}_{i}")
     for bp in client_api.unstable_blueprints():
         app.register_blueprint(bp)
+    media_api.register(app)
+    # The web UI at / and /static, and gzip for large responses.
+    web_api.register(app)
 
     @app.before_serving
     async def _start() -> None:
@@ -101,8 +106,9 @@ def create_app(config: Config, hs: HomeServer | None = None) -> Quart:
                        500)
 
     # Bind this server's database context for everything the app runs, so several
-    # homeservers can share one process.
-    inner = app.asgi_app
+    # homeservers can share one process. Socket.IO (/_nexa/socket.io/) is dispatched in
+    # front of Quart, inside that context; everything else, lifespan included, goes to Quart.
+    inner = hs.realtime.mount(app.asgi_app)
 
     async def asgi(scope, receive, send):
         token = hs.db.activate()

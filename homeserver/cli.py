@@ -75,6 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(cfg)
     for w in cfg.warnings():
         logging.getLogger("nexa").warning(w)
+    _migrate_in_child(cfg)
     app = create_app(cfg)
     hc = HyperConfig()
     tls = [lst for lst in cfg.listeners if lst.tls_cert]
@@ -108,6 +109,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         uvloop.run(main())
     return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Bring the database schema up to date (also run by `nexa run` before serving)."""
+    from homeserver.storage.database import Database
+
+    cfg = _load(args)
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+
+    async def main() -> None:
+        db = Database(cfg.database_url, cfg.database.sqlite_synchronous)
+        await db.open()
+        await db.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def _migrate_in_child(cfg: Config) -> None:
+    """Migrations load a lot of machinery; running them in a short-lived child process keeps
+    the serving process small (what Python allocates, it rarely gives back)."""
+    import subprocess
+
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "homeserver", "migrate", "--database-url", cfg.database_url,
+         "--data-dir", str(cfg.data_dir)],
+        env={k: v for k, v in os.environ.items() if not k.startswith("NEXA_")}, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"error: database migration failed (exit {done.returncode})")
 
 
 def cmd_register_user(args: argparse.Namespace) -> int:
@@ -170,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--insecure-federation-http", action="store_true",
                      help="federate over plain HTTP (loopback only)")
     run.set_defaults(fn=cmd_run)
+
+    mig = sub.add_parser("migrate", help="bring the database schema up to date")
+    common(mig)
+    mig.set_defaults(fn=cmd_migrate)
 
     reg = sub.add_parser("register-user", help="create an account from the shell")
     common(reg)

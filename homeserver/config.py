@@ -70,6 +70,9 @@ class LimitsConfig(_Section):
     login: RateLimit = RateLimit(per_second=0.5, burst=10)
     registration: RateLimit = RateLimit(per_second=0.2, burst=10)
     messages: RateLimit = RateLimit(per_second=50, burst=500)
+    # Under load a woken /sync waits up to this long for more events, so busy servers send
+    # fewer, fuller responses (no wait below ~30 events/s).
+    sync_coalesce_ms: int = Field(60, ge=0, le=1000)
 
 
 class SecurityConfig(_Section):
@@ -102,6 +105,26 @@ class MediaConfig(_Section):
     max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1024)
 
 
+class NotifierConfig(_Section):
+    # "memory": wake-ups stay in this process. "redis": published on a Redis channel so that
+    # every worker process wakes its own /sync and Socket.IO listeners.
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str | None = None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+    @model_validator(mode="after")
+    def _url_for_redis(self) -> "NotifierConfig":
+        if self.backend == "redis" and not self.redis_url:
+            raise ValueError("redis_url is required when backend is 'redis'")
+        return self
+
+
 class Config(_Section):
     server_name: str = "localhost:8008"
     public_baseurl: str | None = None
@@ -114,6 +137,7 @@ class Config(_Section):
     logging: LoggingConfig = LoggingConfig()
     federation: FederationConfig = FederationConfig()
     media: MediaConfig = MediaConfig()
+    notifier: NotifierConfig = NotifierConfig()
     # Application-service registration files (bridges).
     appservices: list[Path] = []
 

@@ -10,6 +10,7 @@ from homeserver.events.signing import SigningKey
 from homeserver.notifier import InProcessNotifier, Notifier
 from homeserver.ratelimit import RateLimiter
 from homeserver.storage.database import Database, IdGenerator, max_of, min_of
+from homeserver.storage.e2e import max_to_device_position
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,8 @@ class StreamIds:
     presence: IdGenerator
     # Outliers and backfilled history get negative positions: before everything, never synced.
     backfill: IdGenerator
+    to_device: IdGenerator
+    device_lists: IdGenerator
 
 
 class HomeServer:
@@ -42,6 +45,7 @@ class HomeServer:
         from homeserver.handlers.federation.sender import FederationSender
         from homeserver.handlers.federation.transport import FederationClient
         from homeserver.handlers.filters import FilterHandler
+        from homeserver.handlers.media import MediaHandler
         from homeserver.handlers.messages import MessagesHandler
         from homeserver.handlers.presence import PresenceHandler
         from homeserver.handlers.profile import ProfileHandler
@@ -55,6 +59,11 @@ class HomeServer:
         self.config = config
         self.server_name = config.server_name
         self.db = Database(config.database_url, config.database.sqlite_synchronous)
+        if notifier is None and config.notifier.backend == "redis":
+            from homeserver.notifier_redis import RedisNotifier
+
+            notifier = RedisNotifier(config.notifier.redis_url or "",
+                                     channel=f"nexa:notify:{config.server_name}")
         self.notifier: Notifier = notifier or InProcessNotifier()
         self.signing_key: SigningKey | None = None
         self.ids: StreamIds | None = None
@@ -78,6 +87,7 @@ class HomeServer:
         self.directory = DirectoryHandler(self)
         self.filters = FilterHandler(self)
         self.push_rules = PushRulesHandler(self)
+        self.media = MediaHandler(self)
         # Federation
         self.keyring = Keyring(self)
         self.federation_client = FederationClient(self)
@@ -88,7 +98,20 @@ class HomeServer:
         self.backfiller = Backfiller(self)
         self.federation_sender = FederationSender(self)
         self.federation_edus = FederationEduHandler(self)
+        # End-to-end encryption
+        from homeserver.handlers.device_lists import DeviceListHandler
+        from homeserver.handlers.e2e_keys import E2eKeysHandler
+        from homeserver.handlers.key_backup import KeyBackupHandler
+        from homeserver.handlers.to_device import ToDeviceHandler
+
+        self.device_lists = DeviceListHandler(self)
+        self.e2e_keys = E2eKeysHandler(self)
+        self.to_device = ToDeviceHandler(self)
+        self.key_backup = KeyBackupHandler(self)
         self.events.on_outbox = self.federation_sender.wake
+        from homeserver.realtime import Realtime
+
+        self.realtime = Realtime(self)
 
     async def start(self) -> None:
         data_dir = self.config.data_dir
@@ -105,16 +128,27 @@ class HomeServer:
                 account_data=IdGenerator(await max_of(conn, "account_data", "stream_id")),
                 presence=IdGenerator(await max_of(conn, "presence", "stream_id")),
                 backfill=IdGenerator(min(0, await min_of(conn, "events", "stream_ordering")), -1),
+                to_device=IdGenerator(await max_to_device_position(conn)),
+                device_lists=IdGenerator(await max_of(conn, "device_list_changes", "stream_id")),
             )
         finally:
             self.db.deactivate(token)
+        notifier_start = getattr(self.notifier, "start", None)
+        if notifier_start is not None:
+            await notifier_start()
+        await self.media.start()
         self.federation_sender.start()
         log.info("homeserver %s started (database %s)", self.server_name,
                  "sqlite" if self.db.is_sqlite else "postgres")
 
     async def stop(self) -> None:
+        await self.realtime.stop()
         self.typing.stop()
         await self.presence.stop()
+        await self.media.stop()
         await self.federation_sender.stop()
         await self.federation_client.close()
+        notifier_stop = getattr(self.notifier, "stop", None)
+        if notifier_stop is not None:
+            await notifier_stop()
         await self.db.close()

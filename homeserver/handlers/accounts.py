@@ -168,11 +168,13 @@ class AccountHandler:
             hashes = [requester.token_hash]
         await store.delete_token(requester.token_hash)
         self.hs.auth.forget_tokens([*hashes, requester.token_hash])
+        await self.hs.e2e_keys.on_devices_removed(requester.user_id)
 
     async def logout_all(self, requester: Requester) -> None:
         hashes = await store.delete_user_tokens(requester.user_id)
         hashes += await store.delete_devices_except(requester.user_id, None)
         self.hs.auth.forget_tokens(hashes)
+        await self.hs.e2e_keys.on_devices_removed(requester.user_id)
 
     async def change_password(self, requester: Requester, new_password: str,
                               logout_devices: bool) -> None:
@@ -184,12 +186,14 @@ class AccountHandler:
             hashes = await store.delete_devices_except(requester.user_id, requester.device_id)
             hashes += await store.delete_user_tokens(requester.user_id, requester.token_hash)
             self.hs.auth.forget_tokens(hashes)
+            await self.hs.e2e_keys.on_devices_removed(requester.user_id)
 
     async def deactivate(self, requester: Requester) -> None:
         await self.hs.rooms.leave_all_rooms(requester.user_id)
         hashes = await store.delete_user_tokens(requester.user_id)
         await store.deactivate(requester.user_id)
         self.hs.auth.forget_tokens(hashes)
+        await self.hs.e2e_keys.on_devices_removed(requester.user_id)
 
     # --- devices ---------------------------------------------------------------------------
 
@@ -208,3 +212,5 @@ class AccountHandler:
 
     async def delete_devices(self, requester: Requester, device_ids: list[str]) -> None:
         self.hs.auth.forget_tokens(await store.delete_devices(requester.user_id, device_ids))
+        # Their keys, one-time keys and to-device inbox go too; other users learn of it.
+        await self.hs.e2e_keys.on_devices_removed(requester.user_id)

@@ -6,6 +6,8 @@ lands in between still wakes the request; the common "nothing new" path touches 
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,27 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMELINE_LIMIT = 10
 MAX_TIMEOUT_MS = 300_000
+
+
+class DecayingRate:
+    """Events per second, exponentially weighted (cheap enough to update on every event)."""
+
+    def __init__(self, half_life_s: float) -> None:
+        self.half_life_s = half_life_s
+        self._value = 0.0
+        self._t = time.monotonic()
+
+    def _decay(self, now: float) -> None:
+        self._value *= 0.5 ** ((now - self._t) / self.half_life_s)
+        self._t = now
+
+    def hit(self) -> None:
+        self._decay(time.monotonic())
+        self._value += 1.0
+
+    def per_second(self) -> float:
+        self._decay(time.monotonic())
+        return self._value * math.log(2) / self.half_life_s
 
 
 def fget(flt: dict | None, *path: str, default: Any = None) -> Any:
@@ -45,6 +68,16 @@ def _type_allowed(etype: str, types: list[str] | None, not_types: list[str] | No
 class SyncHandler:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
+        self.coalesce_max_s = hs.config.limits.sync_coalesce_ms / 1000
+        self._wake_rate = DecayingRate(half_life_s=1.0)
+
+    def coalesce_delay(self) -> float:
+        """How long a woken /sync waits for more events. What costs is responses, so the
+        delay follows how often long-polls are woken: none below 100 wake-ups a second,
+        rising linearly to the configured maximum at 500 a second."""
+        self._wake_rate.hit()
+        rate = self._wake_rate.per_second()
+        return self.coalesce_max_s * min(1.0, max(0.0, (rate - 100) / 400))
 
     def current_token(self) -> StreamToken:
         hs = self.hs
@@ -54,6 +87,8 @@ class SyncHandler:
             account_data=hs.account_data.current_position(),
             presence=hs.presence.current_position(),
             typing=hs.typing.current_position(),
+            to_device=hs.to_device.current_position(),
+            device_lists=hs.device_lists.current_position(),
         )
 
     async def sync(self, requester: Requester, since: str | None, timeout_ms: int,
@@ -61,6 +96,10 @@ class SyncHandler:
         since_tok = StreamToken.parse(since) if since else None
         deadline = time.monotonic() + min(timeout_ms, MAX_TIMEOUT_MS) / 1000
         await self.hs.presence.touch(requester.user_id)
+        if since_tok is not None and requester.device_id:
+            # The client has every to-device message up to its token: they can go.
+            await self.hs.to_device.acknowledge(requester.user_id, requester.device_id,
+                                                since_tok.to_device)
         while True:
             rooms = [m["room_id"] for m in await self.hs.state.user_memberships(requester.user_id)]
             with self.hs.notifier.listen(requester.user_id, rooms) as listener:
@@ -68,7 +107,14 @@ class SyncHandler:
                 if since_tok is not None and not full_state and not now.is_after(since_tok):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or not await wait_for(listener, remaining):
-                        return self._empty(since_tok)
+                        empty = self._empty(since_tok)
+                        await self._key_counts(empty, requester)
+                        return empty
+                    # Under load many events land within milliseconds: answer them in one
+                    # response instead of one response each (no delay when the server is quiet).
+                    delay = self.coalesce_delay()
+                    if delay:
+                        await asyncio.sleep(min(delay, max(0.0, remaining)))
                     continue
             result = await self._compute(requester, since_tok, now, full_state, flt)
             if (since_tok is None or full_state or self._has_content(result)
@@ -79,13 +125,16 @@ class SyncHandler:
     @staticmethod
     def _empty(token: StreamToken) -> dict[str, Any]:
         return {"next_batch": token.serialize(), "rooms": {"join": {}, "invite": {}, "leave": {}},
-                "presence": {"events": []}, "account_data": {"events": []}}
+                "presence": {"events": []}, "account_data": {"events": []},
+                "to_device": {"events": []}, "device_lists": {"changed": [], "left": []}}
 
     @staticmethod
     def _has_content(res: dict[str, Any]) -> bool:
         r = res["rooms"]
+        dl = res.get("device_lists") or {}
         return bool(r["join"] or r["invite"] or r["leave"] or res["presence"]["events"]
-                    or res["account_data"]["events"])
+                    or res["account_data"]["events"] or (res.get("to_device") or {}).get("events")
+                    or dl.get("changed") or dl.get("left"))
 
     async def _compute(self, requester: Requester, since: StreamToken | None, now: StreamToken,
                        full_state: bool, flt: dict | None) -> dict[str, Any]:
@@ -143,12 +192,41 @@ class SyncHandler:
 
         presence = await hs.presence.get_presence_for_sync(
             user_id, since.presence if since else None, now.presence)
-        return {
+        out = {
             "next_batch": now.serialize(),
             "rooms": {"join": join, "invite": invite, "leave": leave},
             "presence": {"events": presence},
             "account_data": {"events": global_ad},
         }
+        await self._e2e(out, requester, since, now)
+        return out
+
+    async def _e2e(self, out: dict[str, Any], requester: Requester, since: StreamToken | None,
+                   now: StreamToken) -> None:
+        """to_device, device_lists and the device's one-time/fallback key state."""
+        hs = self.hs
+        user_id, device_id = requester.user_id, requester.device_id
+        changed, left = ([], []) if since is None else \
+            await hs.device_lists.changes_between(user_id, since, now)
+        out["device_lists"] = {"changed": changed, "left": left}
+        if not device_id:
+            return
+        events, reached = await hs.to_device.get_for_sync(
+            user_id, device_id, since.to_device if since else None, now.to_device)
+        out["to_device"] = {"events": events}
+        if reached is not None:  # more than one response holds: continue from there
+            out["next_batch"] = now.copy_with(to_device=reached).serialize()
+        await self._key_counts(out, requester)
+
+    async def _key_counts(self, out: dict[str, Any], requester: Requester) -> None:
+        """In every response, even an empty one: claims by others advance no stream, and a
+        device must learn when its one-time keys run low or its fallback key was used."""
+        if requester.device_id:
+            e2e = self.hs.e2e_keys
+            out["device_one_time_keys_count"] = await e2e.one_time_key_counts(
+                requester.user_id, requester.device_id)
+            out["device_unused_fallback_key_types"] = await e2e.unused_fallback_key_types(
+                requester.user_id, requester.device_id)
 
     async def _timeline(self, requester: Requester, room_id: str, since: StreamToken | None,
                         upto: int, flt: dict | None) -> tuple[list[EventRow], bool]:

@@ -22,6 +22,8 @@ MODEL_MODULES = [
     "homeserver.storage.models_state",
     "homeserver.storage.models_userdata",
     "homeserver.storage.models_federation",
+    "homeserver.storage.models_media",
+    "homeserver.storage.models_e2e",
 ]
 MIGRATIONS_PACKAGE = "homeserver.storage.migrations"
 

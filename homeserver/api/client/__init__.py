@@ -6,7 +6,8 @@ import importlib
 
 from quart import Blueprint
 
-_MODULES = ["account", "rooms", "events", "sync", "ephemeral", "user_data", "profile", "directory"]
+_MODULES = ["account", "rooms", "events", "sync", "ephemeral", "user_data", "profile", "directory",
+            "keys"]
 
 
 def blueprints() -> list[Blueprint]:

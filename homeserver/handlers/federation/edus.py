@@ -1,4 +1,5 @@
-"""EDUs between servers: typing, read receipts and presence.
+"""EDUs between servers: typing, read receipts and presence; to-device messages and device
+list updates are handed to the to-device and device list handlers.
 
 Outbound: the local typing, receipts and presence handlers call `on_local_typing`,
 `on_local_receipt` and `on_local_presence` after a change; the EDU is queued (through the
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 MAX_EDUS_PER_TXN = 100
 MAX_ITEMS_PER_EDU = 1000  # receipts / presence entries looked at in one EDU
-IGNORED_EDU_TYPES = ("m.direct_to_device", "m.device_list_update", "m.signing_key_update")
+IGNORED_EDU_TYPES: tuple[str, ...] = ()
 
 
 class FederationEduHandler:
@@ -163,6 +164,12 @@ class FederationEduHandler:
                 await self._receipts(origin, content)
             elif etype == "m.presence":
                 await self._presence(origin, content)
+            elif etype == "m.direct_to_device":
+                await self.hs.to_device.on_edu(origin, content)
+            elif etype == "m.device_list_update":
+                await self.hs.device_lists.on_device_list_update(origin, content)
+            elif etype == "m.signing_key_update":
+                await self.hs.device_lists.on_signing_key_update(origin, content)
             else:
                 log.debug("ignoring unknown EDU type %r from %s", etype, origin)
         except Exception:
