@@ -51,10 +51,9 @@ def _check_type(type_: str) -> None:
 class AccountDataHandler:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
-        self._visible: int | None = None
 
     def current_position(self) -> int:
-        return self._visible if self._visible is not None else self.hs.ids.account_data.current
+        return self.hs.ids.account_data.visible
 
     # --- the client API --------------------------------------------------------------------
 
@@ -110,14 +109,12 @@ class AccountDataHandler:
         """Store one entry at a new stream position; `extra(conn)` runs in the same transaction."""
         ids = self.hs.ids.account_data
         async with ids.lock:
-            if self._visible is None:
-                self._visible = ids.current
             sid = ids.next()
             async with in_transaction() as conn:
                 await store.upsert_account_data(user_id, room_id, type_, content, sid, conn)
                 if extra is not None:
                     await extra(conn)
-            self._visible = sid
+            ids.mark_visible(sid)
         self.hs.notifier.notify("account_data", sid, users=[user_id])
         return sid
 

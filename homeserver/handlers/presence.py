@@ -45,13 +45,12 @@ def presence_content(row: dict[str, Any], now: int) -> dict[str, Any]:
 class PresenceHandler:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
-        self._visible: int | None = None
         # user_id -> (state, time of our last write): lets `touch` skip the database.
         self._recent: LRU = LRU(100_000)
         self._sweeper: asyncio.Task | None = None
 
     def current_position(self) -> int:
-        return self._visible if self._visible is not None else self.hs.ids.presence.current
+        return self.hs.ids.presence.visible
 
     # --- the client API --------------------------------------------------------------------
 
@@ -115,12 +114,10 @@ class PresenceHandler:
         ids = self.hs.ids.presence
         now = now_ms()
         async with ids.lock:
-            if self._visible is None:
-                self._visible = ids.current
             rows = [(u, st, msg, now, ids.next()) for u, st, msg in changes]
             async with in_transaction() as conn:
                 await store.upsert_presence(rows, conn)
-            self._visible = rows[-1][4]
+            ids.mark_visible(rows[-1][4])
         for u, st, _msg, _ts, _sid in rows:
             self._recent.put(u, (st, now))
         rooms = await store.joined_rooms_of([u for u, *_ in changes])

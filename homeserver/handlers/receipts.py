@@ -36,10 +36,9 @@ def _thread_of(row: EventRow) -> str | None:
 class ReceiptsHandler:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
-        self._visible: int | None = None
 
     def current_position(self) -> int:
-        return self._visible if self._visible is not None else self.hs.ids.receipts.current
+        return self.hs.ids.receipts.visible
 
     # --- the client API --------------------------------------------------------------------
 
@@ -118,13 +117,11 @@ class ReceiptsHandler:
             old = await store.get_receipt_event(room_id, receipt_type, user_id, thread_id)
             if not await self._is_after(row, old):
                 return
-            if self._visible is None:
-                self._visible = ids.current
             sid = ids.next()
             async with in_transaction() as conn:
                 await store.upsert_receipt(room_id, receipt_type, user_id, thread_id,
                                            row.event_id, now_ms(), sid, conn)
-            self._visible = sid
+            ids.mark_visible(sid)
         if receipt_type == READ_PRIVATE:
             self.hs.notifier.notify("receipts", sid, users=[user_id])
         else:
