@@ -16,6 +16,8 @@ from homeserver.server import HomeServer
 log = logging.getLogger(__name__)
 
 CLIENT_PREFIXES = ("/_matrix/client/v3", "/_matrix/client/r0")
+# Uploads have their own (larger) limit, enforced while streaming.
+MEDIA_PREFIXES = ("/_matrix/media/", "/_matrix/client/v1/media/")
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -25,6 +27,7 @@ CORS_HEADERS = {
 
 
 def create_app(config: Config, hs: HomeServer | None = None) -> Quart:
+    from homeserver.api import appservice as appservice_api
     from homeserver.api import client as client_api
     from homeserver.api import federation as federation_api
     from homeserver.api import keys as keys_api
@@ -51,6 +54,7 @@ def create_app(config: Config, hs: HomeServer | None = None) -> Quart:
             app.register_blueprint(bp, url_prefix=prefix, name=f"{bp.name}_{i}")
     for bp in client_api.unstable_blueprints():
         app.register_blueprint(bp)
+    app.register_blueprint(appservice_api.bp)
     media_api.register(app)
     # The web UI at / and /static, and gzip for large responses.
     web_api.register(app)
@@ -70,7 +74,7 @@ def create_app(config: Config, hs: HomeServer | None = None) -> Quart:
         reject_nul_in_url()
         length = request.content_length
         if (length is not None and length > config.limits.max_request_bytes
-                and "/media/" not in request.path):
+                and not request.path.startswith(MEDIA_PREFIXES)):
             raise MatrixError(413, "M_TOO_LARGE", "Request body too large")
         return None
 

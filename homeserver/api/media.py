@@ -20,7 +20,6 @@ import asyncio
 import secrets
 from typing import Any, AsyncIterator
 
-import orjson
 from quart import Blueprint, Quart, Response, request
 from quart.wrappers.response import FileBody
 

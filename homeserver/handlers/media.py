@@ -64,10 +64,11 @@ MAX_PENDING_PER_USER = 50
 
 # Thumbnails: requested boxes are clamped to this, at most this many sizes are cached per
 # media (further sizes are generated on demand without being kept), and images with more pixels
-# than this are not decoded at all.
+# than this are not decoded at all (413 M_TOO_LARGE). With at most 4 decodes at a time, that
+# bounds Pillow's memory to roughly 4 x 36M pixels x 4 bytes x 2 (source and converted copy).
 MAX_THUMBNAIL_SIDE = 1600
 MAX_THUMBNAILS_PER_MEDIA = 32
-MAX_THUMBNAIL_SOURCE_PIXELS = 40_000_000
+MAX_THUMBNAIL_SOURCE_PIXELS = 36_000_000  # an 8K screenshot (7680x4320) fits
 # JPEG sources decode at a reduced scale (draft mode), so bigger photos are still cheap.
 MAX_THUMBNAIL_JPEG_PIXELS = 160_000_000
 THUMBNAIL_METHODS = ("scale", "crop")
@@ -238,8 +239,9 @@ def make_thumbnail(path: Any, want_w: int, want_h: int, method: str) -> Thumbnai
                 factor = max(tw / (box[2] - box[0]), th / (box[3] - box[1]))
                 need = (max(1, math.ceil(raw_w * factor)), max(1, math.ceil(raw_h * factor)))
                 im.draft(None, need)
-            img = ImageOps.exif_transpose(im)
-            img.load()
+            im.load()
+            # exif_transpose copies even when there is nothing to do: only call it when needed.
+            img = ImageOps.exif_transpose(im) if orientation in range(2, 9) else im
             has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
                 img.mode == "P" and "transparency" in img.info)
             out_jpeg = fmt == "JPEG"

@@ -51,6 +51,20 @@ class DestinationUnreachable(Exception):
         self.reason = reason
 
 
+async def read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, up to `limit` bytes: StreamReader.read(n) returns what has arrived so far,
+    so large bodies must be read in a loop."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await resp.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def split_server_name(server_name: str) -> tuple[str, int | None]:
     """'host[:port]' or '[v6]:port' -> (host, port); ValueError if malformed."""
     if not isinstance(server_name, str) or not server_name:
@@ -197,7 +211,7 @@ class FederationClient:
                     url, timeout=aiohttp.ClientTimeout(total=10), max_redirects=5) as resp:
                 if resp.status != 200:
                     return None
-                raw = await resp.content.read(MAX_WELL_KNOWN_BYTES + 1)
+                raw = await read_limited(resp, MAX_WELL_KNOWN_BYTES + 1)
             if len(raw) > MAX_WELL_KNOWN_BYTES:
                 return None
             data = orjson.loads(raw)
@@ -259,7 +273,7 @@ class FederationClient:
             async with self._get_session().request(
                     method, url, data=data, headers=headers, allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-                raw = await resp.content.read(MAX_RESPONSE_BYTES + 1)
+                raw = await read_limited(resp, MAX_RESPONSE_BYTES + 1)
                 status = resp.status
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ssl.SSLError) as e:
             raise DestinationUnreachable(destination, f"{type(e).__name__}: {e}") from None
