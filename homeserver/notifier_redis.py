@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 MAX_PENDING = 10_000  # notifications waiting to be published
 MAX_BATCH = 500  # notifications per published message
-MAX_MESSAGE_BYTES = 1_048_576
+MAX_BATCH_BYTES = 256 * 1024  # ... and roughly this much JSON (one notification is never split)
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # what a receiver accepts
 RETRY_S = (0.2, 0.5, 1, 2, 5)
 
 
@@ -133,9 +134,12 @@ class RedisNotifier(InProcessNotifier):
                 await asyncio.sleep(delay)
 
     def _take_batch(self) -> tuple[list[list[Any]], bool]:
-        batch = []
-        while self._pending and len(batch) < MAX_BATCH:
-            batch.append(self._pending.popleft())
+        batch: list[list[Any]] = []
+        size = 0
+        while self._pending and len(batch) < MAX_BATCH and size < MAX_BATCH_BYTES:
+            item = self._pending.popleft()
+            size += len(json.dumps(item))
+            batch.append(item)
         if not self._pending:
             self._have_pending.clear()
         wake_all, self._wake_all_pending = self._wake_all_pending, False

@@ -15,7 +15,9 @@ Protocol (namespace "/"):
   ``since`` when reconnecting: the stream resumes with no gap and no duplicate.
   Without ``ack`` the server pushes without waiting, and, since nothing proves a push was
   received, it leaves out what /sync hands over only once (to_device messages and one-time
-  key counts: the stream is read as a device-less requester). With ``"ack": true`` every
+  key counts: the stream is read as a device-less requester), and the ``next_batch`` it hands
+  out keeps the to-device position it started from, so that a later /sync (or "ack" stream)
+  from such a token still gets every pending to-device message. With ``"ack": true`` every
   ``sync`` asks for an acknowledgement (JS: ``socket.on("sync", (data, ack) => {...; ack()})``);
   the next one is computed only from the acknowledged ``next_batch``, exactly like the next
   /sync request, so the full device-specific /sync data is included; an acknowledgement
@@ -357,7 +359,8 @@ class Realtime:
             try:
                 return self.hs.filters.parse_filter(value).raw
             except MatrixError as e:
-                raise MatrixError(400, "M_INVALID_PARAM", f"filter is not valid: {e.error}") from None
+                raise MatrixError(400, "M_INVALID_PARAM",
+                                  f"filter is not valid: {e.error}") from None
         if isinstance(value, str):
             return await self.hs.filters.resolve(user_id, value) if value else None
         raise MatrixError(400, "M_INVALID_PARAM",

@@ -23,7 +23,7 @@ from tests.client import Api
 from tests.servers import REQUIRE_SERVICES, start_server
 
 REDIS_URL = os.environ.get("NEXA_TEST_REDIS", "redis://127.0.0.1:6379/0")
-WAIT_S = 10
+WAIT_S = 15
 
 
 @pytest.fixture(scope="session")

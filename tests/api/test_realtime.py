@@ -18,7 +18,7 @@ from tests.client import Api, User
 from tests.servers import start_server
 
 PATH = "/_nexa/socket.io"
-WAIT_S = 10
+WAIT_S = 15
 
 
 class RecordingClient(socketio.AsyncClient):
