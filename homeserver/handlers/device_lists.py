@@ -379,6 +379,26 @@ class DeviceListHandler:
 
     # --- what /sync and /keys/changes report -----------------------------------------------
 
+    async def _rooms_with_member_events(self, mine: list[dict], after: int,
+                                        upto: int) -> list[str]:
+        """Rooms where a membership may have changed in (after, upto]: those where the user's
+        own changed, and joined rooms whose in-memory tail shows a member event (or does not
+        reach back that far). Saves a query on the common path."""
+        from homeserver.storage import events as event_store
+
+        rooms = [m["room_id"] for m in mine if after < m["stream_ordering"] <= upto]
+        own = set(rooms)
+        joined = [m["room_id"] for m in mine if m["membership"] == "join"
+                  and m["room_id"] not in own]
+        recent = self.hs.state.recent
+        tails = await recent.tails(joined, event_store.latest_orderings)
+        for room_id in joined:
+            tail = tails.get(room_id)
+            entries = recent.between(tail, after, upto) if tail is not None else None
+            if entries is None or any(e.type == "m.room.member" for e in entries):
+                rooms.append(room_id)
+        return rooms
+
     async def changes_between(self, user_id: str, since: StreamToken,
                               upto: StreamToken) -> tuple[list[str], list[str]]:
         """(changed, left) for `user_id` between two tokens."""
@@ -394,8 +414,9 @@ class DeviceListHandler:
         if upto.events > since.events:
             mine = await self.hs.state.user_memberships(user_id)
             joined_now = {m["room_id"] for m in mine if m["membership"] == "join"}
-            rows = await store.membership_changes([m["room_id"] for m in mine], since.events,
-                                                  upto.events)
+            rows = await store.membership_changes(
+                await self._rooms_with_member_events(mine, since.events, upto.events),
+                since.events, upto.events)
             my_rows = {r["room_id"]: r["membership"] for r in rows if r["user_id"] == user_id}
             new_rooms = [r for r, m in my_rows.items() if m == "join"]
             gone_rooms = [r for r, m in my_rows.items() if m != "join"]

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+import time
+from typing import TYPE_CHECKING, Any, Iterable
 
 import orjson
 from tortoise.transactions import in_transaction
@@ -24,6 +25,7 @@ from homeserver.events.canonical import canonical_json, decode_b64
 from homeserver.events.signing import SignatureError, verify_json
 from homeserver.handlers.auth import Requester
 from homeserver.handlers.device_lists import cross_signing_key_valid
+from homeserver.handlers.state import LRU
 from homeserver.storage import accounts as account_store
 from homeserver.storage import e2e as store
 from homeserver.types import is_valid_user_id, server_of
@@ -42,6 +44,7 @@ MAX_QUERY_DEVICES = 1000
 MAX_CLAIMS = 1000
 DEFAULT_TIMEOUT_MS = 10_000
 MAX_TIMEOUT_MS = 30_000
+KEY_STATE_TTL_S = 30.0
 KEY_TYPES = {"master_key": "master", "self_signing_key": "self_signing",
              "user_signing_key": "user_signing"}
 
@@ -55,12 +58,6 @@ def _canonical(obj: Any, what: str) -> str:
 
 def _signable(obj: dict) -> dict:
     return {k: v for k, v in obj.items() if k not in ("signatures", "unsigned")}
-
-
-def _check_id(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > 255 or "\x00" in value:
-        raise invalid_param(f"{what} must be a non-empty string of at most 255 characters")
-    return value
 
 
 def _ed25519_public(value: Any) -> bool:
@@ -98,6 +95,34 @@ def _public_key_of(key: dict) -> str:
 class E2eKeysHandler:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
+        # (user, device) -> (monotonic time, one-time key counts, unused fallback algorithms):
+        # every /sync response carries them, most syncs change neither. Writes in this
+        # process drop the entry; the short lifetime bounds staleness from anywhere else.
+        self._key_state: LRU = LRU(20_000)
+        self._key_state_dropped: LRU = LRU(20_000)  # (user, device) -> when last dropped
+
+    def _forget_key_state(self, user_id: str, device_ids: Iterable[str]) -> None:
+        now = time.monotonic()
+        for d in device_ids:
+            self._key_state.pop((user_id, d), None)
+            self._key_state_dropped.put((user_id, d), now)
+
+    async def _device_key_state(self, user_id: str,
+                                device_id: str) -> tuple[dict[str, int], list[str]]:
+        key = (user_id, device_id)
+        hit = self._key_state.get_item(key)
+        if hit is not None and time.monotonic() - hit[0] < KEY_STATE_TTL_S:
+            return hit[1], hit[2]
+        started = time.monotonic()
+        counts = await store.count_one_time_keys(user_id, device_id)
+        # Clients read these two without checking they are present.
+        counts.setdefault("signed_curve25519", 0)
+        counts.setdefault("curve25519", 0)
+        unused = await store.unused_fallback_algorithms(user_id, device_id)
+        dropped = self._key_state_dropped.get_item(key)
+        if dropped is None or dropped < started:  # no write raced with the reads
+            self._key_state.put(key, (started, counts, unused))
+        return counts, unused
 
     def _is_local(self, user_id: str) -> bool:
         return server_of(user_id) == self.hs.server_name
@@ -221,22 +246,21 @@ class E2eKeysHandler:
             for a, k, text in fb_changes:
                 await store.set_fallback_key(user_id, device_id, a, k, text, conn)
 
-        if dk_text is not None and dk_text != stored_text:
-            await self.hs.device_lists.local_change(user_id, [device_id], write)
-        elif otks or fb_changes:
-            async with in_transaction() as conn:
-                await write(conn)
+        try:
+            if dk_text is not None and dk_text != stored_text:
+                await self.hs.device_lists.local_change(user_id, [device_id], write)
+            elif otks or fb_changes:
+                async with in_transaction() as conn:
+                    await write(conn)
+        finally:
+            self._forget_key_state(user_id, [device_id])
         return {"one_time_key_counts": await self.one_time_key_counts(user_id, device_id)}
 
     async def one_time_key_counts(self, user_id: str, device_id: str) -> dict[str, int]:
-        counts = await store.count_one_time_keys(user_id, device_id)
-        # Clients read these two without checking they are present.
-        counts.setdefault("signed_curve25519", 0)
-        counts.setdefault("curve25519", 0)
-        return counts
+        return dict((await self._device_key_state(user_id, device_id))[0])
 
     async def unused_fallback_key_types(self, user_id: str, device_id: str) -> list[str]:
-        return await store.unused_fallback_algorithms(user_id, device_id)
+        return list((await self._device_key_state(user_id, device_id))[1])
 
     # --- query -----------------------------------------------------------------------------
 
@@ -426,6 +450,7 @@ class E2eKeysHandler:
                     got = await store.claim_fallback_key(user_id, device_id, algorithm)
                 if got is None:
                     continue
+                self._forget_key_state(user_id, [device_id])
                 key_id, key_json = got
                 out.setdefault(user_id, {}).setdefault(device_id, {})[
                     f"{algorithm}:{key_id}"] = orjson.loads(key_json)
@@ -684,5 +709,6 @@ class E2eKeysHandler:
 
             await self.hs.device_lists.local_change(
                 user_id, gone + ([""] if deactivated else []), write)
+            self._forget_key_state(user_id, gone)
         except Exception:
             log.exception("removing the keys of deleted devices of %s failed", user_id)

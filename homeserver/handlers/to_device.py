@@ -43,8 +43,10 @@ SYNC_LIMIT = 100  # messages per /sync response
 class ToDeviceHandler:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
-        # (user, device) -> inbox already emptied up to this position (by this process).
-        self._acked: LRU = LRU(50_000)
+        # (user, device) -> the highest position delivered to it and not yet deleted; 0 when
+        # everything delivered has been deleted (then an acknowledgement deletes nothing and
+        # is skipped); absent (a restart, an eviction) means unknown: delete to be sure.
+        self._delivered: LRU = LRU(50_000)
 
     def current_position(self) -> int:
         return self.hs.ids.to_device.visible
@@ -200,10 +202,12 @@ class ToDeviceHandler:
     async def acknowledge(self, user_id: str, device_id: str, upto: int) -> None:
         """The device synced with a token at `upto`: it has every message up to there."""
         key = (user_id, device_id)
-        if upto <= (self._acked.get_item(key) or 0):
+        pending = self._delivered.get_item(key)
+        if pending == 0:
             return
         await store.delete_inbox_messages(user_id, device_id, upto)
-        self._acked.put(key, upto)
+        if pending is None or upto >= pending:
+            self._delivered.put(key, 0)
 
     async def get_for_sync(self, user_id: str, device_id: str, since: int | None,
                            upto: int) -> tuple[list[dict[str, Any]], int | None]:
@@ -218,6 +222,10 @@ class ToDeviceHandler:
             # A position holds at most one message per device, so this cut is clean.
             rows = rows[:SYNC_LIMIT]
             reached = rows[-1]["stream_id"]
+        if rows:
+            key = (user_id, device_id)
+            self._delivered.put(key, max(self._delivered.get_item(key) or 0,
+                                         rows[-1]["stream_id"]))
         events = [{"type": r["type"], "sender": r["sender"],
                    "content": orjson.loads(r["content"])} for r in rows]
         return events, reached

@@ -537,3 +537,29 @@ async def test_key_backup(api):
     assert (await alice.get("/room_keys/keys", params={"version": v1})).status == 404
     bob = await api.register()
     assert (await bob.get(f"/room_keys/version/{v2}")).status == 404
+
+
+async def test_to_device_positions_survive_a_restart(api, server):
+    """The inbox empties as messages are acknowledged; after a restart the stream must not
+    hand out positions a client's token already covers (the message would be skipped)."""
+    alice, bob = await api.register(), await api.register()
+    dev = Device(bob)
+    await dev.upload(otks=1)
+    s = await bob.sync()
+    r = await alice.put("/sendToDevice/m.x/r1", {"messages": {bob.user_id: {"*": {"n": 1}}}})
+    assert r.status == 200
+    s1 = await bob.sync(s["next_batch"])
+    assert [e["content"] for e in s1["to_device"]["events"]] == [{"n": 1}]
+    s2 = await bob.sync(s1["next_batch"])  # acknowledges: the inbox is empty now
+    await server.stop()
+    await server.start()
+    r = await alice.put("/sendToDevice/m.x/r2", {"messages": {bob.user_id: {"*": {"n": 2}}}})
+    assert r.status == 200
+    s3 = await bob.sync(s2["next_batch"])
+    assert [e["content"] for e in s3["to_device"]["events"]] == [{"n": 2}]
+    # The retried transaction from before the restart is still recognised.
+    r = await alice.put("/sendToDevice/m.x/r1", {"messages": {bob.user_id: {"*": {"n": 1}}}})
+    assert r.status == 200
+    assert (await bob.sync(s3["next_batch"]))["to_device"]["events"] == []
+    # Device keys and the device list position survived too.
+    assert bob.device_id in (await query(alice, bob.user_id))["device_keys"][bob.user_id]

@@ -173,3 +173,166 @@ async def _until(pred, what: str, limit_s: float = 30) -> None:
         if loop.time() > end:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.1)
+
+
+async def test_keys_and_to_device_over_federation_raw(servers):
+    """The federation endpoints and EDUs without nio: keys of a stranger come from
+    /user/keys/query (nothing cached), to-device messages cross once per txnId, cross-signing
+    keys follow m.signing_key_update, and bad input is refused before anything is queued."""
+    from tests.api.test_e2e_keys import Device, SigningKey, _xkey, claim, query
+    from tests.client import Api
+    from tests.federation.helpers import Timeline
+
+    s1, s2 = await servers(2)
+    async with Api(s1) as a1, Api(s2) as a2:
+        alice, bob, stranger = await a1.register(), await a2.register(), await a2.register()
+        await Device(bob).upload(otks=2)
+        await Device(stranger).upload(otks=1)
+        # No shared room: asked live through /user/keys/query and /user/keys/claim.
+        got = await query(alice, stranger.user_id)
+        assert list(got["device_keys"][stranger.user_id]) == [stranger.device_id], got
+        assert got["failures"] == {}
+        assert len(await claim(alice, stranger)) == 1
+        assert await claim(alice, stranger) == {}  # one-time: there was only one
+        r = await alice.post("/keys/query", {"device_keys": {"@x:unreachable.invalid": []}})
+        assert r.status == 200 and "unreachable.invalid" in r.json["failures"], r
+
+        room_id = await alice.create_room()
+        assert (await alice.post(f"/rooms/{room_id}/invite",
+                                 {"user_id": bob.user_id})).status == 200
+        r = await bob.post(f"/join/{room_id}")
+        assert r.status == 200, r
+        t_bob = Timeline(bob)
+        await t_bob.poll()
+
+        # To-device across servers: '*' reaches every device; a repeated txnId sends nothing.
+        body = {"messages": {bob.user_id: {"*": {"secret": "ciphertext"}}}}
+        for _ in range(2):
+            r = await alice.put("/sendToDevice/m.room.encrypted/tx1", body)
+            assert r.status == 200, r
+        r = await alice.put("/sendToDevice/m.room.encrypted/tx2", {"messages": {
+            bob.user_id: {bob.device_id: {"blob": "x" * 70_000}}}})
+        assert r.status == 413 and r.json["errcode"] == "M_TOO_LARGE"
+        r = await alice.put("/sendToDevice/m.room.encrypted/tx3", {"messages": {
+            bob.user_id: {bob.device_id: {"n": 3}}}})
+        assert r.status == 200
+        received: list[dict] = []
+        since = t_bob.since
+        for _ in range(40):
+            res = await bob.sync(since, timeout=1000)
+            since = res["next_batch"]
+            received += res.get("to_device", {}).get("events", [])
+            if len(received) >= 2:
+                break
+        await bob.sync(since, timeout=500)
+        assert [e["content"] for e in received] == [{"secret": "ciphertext"}, {"n": 3}], received
+        assert all(e["sender"] == alice.user_id for e in received)
+
+        # Bob's cross-signing keys reach alice through server 1's cache update.
+        await query(alice, bob.user_id)  # cached now (they share a room)
+        master = SigningKey()
+        r = await bob.post("/keys/device_signing/upload",
+                           {"master_key": _xkey(bob, master, "master")})
+        assert r.status == 200, r
+        for _ in range(100):
+            got = await query(alice, bob.user_id)
+            if bob.user_id in got["master_keys"]:
+                break
+            await asyncio.sleep(0.1)
+        assert got["master_keys"][bob.user_id]["keys"] == {f"ed25519:{master.pub}": master.pub}
+        assert got["user_signing_keys"] == {}
+
+
+async def test_forged_and_malformed_e2e_federation_input(tmp_path, backend):
+    """A (scripted) remote server may speak only for its own users: to-device messages and
+    device list updates it sends for anyone else are ignored, repeats are applied once, and
+    the /user/* endpoints answer only for local users and refuse malformed bodies."""
+    from tests.api.test_e2e_keys import Device, claim
+    from tests.client import Api
+    from tests.federation.fake_server import FakeServer, path
+
+    fake, other = FakeServer(), FakeServer()
+    await fake.start()
+    await other.start()
+    victim = await start_server(tmp_path, backend, federation=FED)
+    try:
+        async with Api(victim) as api:
+            admin, friend = await api.register(), await api.register()
+            await Device(admin).upload(otks=2)
+            room_id = await admin.create_room(preset="public_chat")
+            alice = fake.user("alice")
+            await fake.join(victim, room_id, alice)
+            since = (await admin.sync())["next_batch"]
+
+            def to_device(sender: str, message_id: str, target: str = admin.user_id,
+                          content: dict | None = None) -> dict:
+                return {"edu_type": "m.direct_to_device", "content": {
+                    "sender": sender, "type": "m.room.encrypted", "message_id": message_id,
+                    "messages": {target: {"*": content or {"from": sender}}}}}
+
+            def device_update(user_id: str, stream_id: int, device_id: str = "DEV") -> dict:
+                return {"edu_type": "m.device_list_update", "content": {
+                    "user_id": user_id, "device_id": device_id, "stream_id": stream_id,
+                    "prev_id": [], "deleted": False}}
+
+            edus = [
+                to_device(other.user("bob"), "m1"),         # not the fake's user
+                to_device(friend.user_id, "m2"),            # a local user, forged
+                to_device(alice, "m3", content={"x": "y" * 70_000}),  # too large
+                to_device(alice, "m4", target="@x:" + other.server_name),  # not ours
+                {"edu_type": "m.direct_to_device", "content": {"sender": alice}},
+                {"edu_type": "m.direct_to_device", "content": "nope"},
+                device_update(other.user("bob"), 1),
+                device_update(friend.user_id, 1),
+                device_update(alice, "1"),  # type: ignore[arg-type]
+                {"edu_type": "m.device_list_update", "content": {"user_id": alice}},
+                to_device(alice, "ok1"),
+                to_device(alice, "ok1"),  # the same message ID again
+                device_update(alice, 5),
+            ]
+            r = await fake.send_transaction(victim, "t1", [], edus)
+            assert r.status == 200, r
+            r = await fake.send_transaction(victim, "t2", [], [to_device(alice, "ok1")])
+            assert r.status == 200, r
+            res = await admin.sync(since)
+            assert [(e["sender"], e["content"]) for e in res["to_device"]["events"]] == [
+                (alice, {"from": alice})]
+            assert res["device_lists"]["changed"] == [alice]
+            assert (await friend.sync())["to_device"]["events"] == []
+
+            # /user/* endpoints: local users only; malformed bodies refused.
+            uri = "/_matrix/federation/v1/user/keys/query"
+            r = await fake.request(victim, "POST", uri, {"device_keys": {
+                admin.user_id: [], other.user("bob"): []}})
+            assert r.status == 200 and list(r.json["device_keys"]) == [admin.user_id], r
+            assert "user_signing_keys" not in r.json
+            for bad in ({}, {"device_keys": []}, {"device_keys": {"nope": []}},
+                        {"device_keys": {admin.user_id: "x"}}):
+                r = await fake.request(victim, "POST", uri, bad)
+                assert r.status == 400, (bad, r)
+            uri = "/_matrix/federation/v1/user/keys/claim"
+            claimed = set()
+            for _ in range(3):
+                r = await fake.request(victim, "POST", uri, {"one_time_keys": {
+                    admin.user_id: {admin.device_id: "signed_curve25519"}}})
+                assert r.status == 200, r
+                claimed |= set(r.json["one_time_keys"].get(admin.user_id, {}).get(
+                    admin.device_id, {}))
+            assert len(claimed) == 2 and await claim(friend, admin) == {}
+            r = await fake.request(victim, "POST", uri, {"one_time_keys": {admin.user_id: []}})
+            assert r.status == 400, r
+            r = await fake.request(victim, "GET", path("/_matrix/federation/v1/user/devices/{}",
+                                                       admin.user_id))
+            assert r.status == 200 and r.json["user_id"] == admin.user_id, r
+            assert [d["device_id"] for d in r.json["devices"]] == [admin.device_id]
+            assert r.json["stream_id"] > 0
+            r = await fake.request(victim, "GET", path("/_matrix/federation/v1/user/devices/{}",
+                                                       alice))
+            assert r.status == 400, r
+            r = await fake.request(victim, "GET", path("/_matrix/federation/v1/user/devices/{}",
+                                                       admin.user_id), authorization=False)
+            assert r.status == 401, r
+    finally:
+        await victim.destroy()
+        await other.stop()
+        await fake.stop()
