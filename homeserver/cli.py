@@ -1,4 +1,4 @@
-"""The `nexa` command: run, register-user, check-config."""
+"""The `nexa` command: run, register-user, check-config, appservice new."""
 
 from __future__ import annotations
 
@@ -50,9 +50,16 @@ def _load(args: argparse.Namespace) -> Config:
             data[k] = v
     if port and not getattr(args, "server_name", None) and cfg.server_name == "localhost:8008":
         data["server_name"] = f"localhost:{port}"
-    from homeserver.config import build_config
+    # --appservice FILE (repeatable) adds registrations to those of the config file.
+    extra = [str(Path(a).resolve()) for a in getattr(args, "appservice", None) or []]
+    if extra:
+        data["appservices"] = [*data.get("appservices", []), *extra]
+    from homeserver.config import build_config, load_appservice_registrations
 
-    return build_config(data)
+    cfg = build_config(data)
+    # Registration files are checked before anything starts (a ConfigError names the file).
+    load_appservice_registrations(list(cfg.appservices))
+    return cfg
 
 
 def _setup_logging(cfg: Config) -> None:
@@ -178,9 +185,57 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         problems.append(f"{key} is readable by other users: chmod 600 it")
     for p in problems:
         print(f"warning: {p}")
+    from homeserver.config import load_appservice_registrations
+
+    for path, reg in load_appservice_registrations(list(cfg.appservices)):
+        print(f"appservice {reg.id}: {path} (url {reg.url or 'none'}, sender "
+              f"@{reg.sender_localpart}:{cfg.server_name})")
     print(f"configuration OK: server_name={cfg.server_name}, listening on "
           f"{', '.join(f'{lst.host}:{lst.port}' for lst in cfg.listeners)}, database "
           f"{'sqlite' if cfg.database_url.startswith('sqlite') else 'postgres'}")
+    return 0
+
+
+def cmd_appservice_new(args: argparse.Namespace) -> int:
+    """Print (or write) a fresh registration file with random tokens."""
+    import secrets
+
+    import yaml
+
+    from homeserver.config import AppServiceRegistration
+
+    exclusive = not args.non_exclusive
+
+    def spaces(regexes: list[str] | None) -> list[dict]:
+        return [{"regex": r, "exclusive": exclusive} for r in regexes or []]
+
+    data = {
+        "id": args.id,
+        "url": None if args.url.lower() in ("none", "null", "") else args.url,
+        "as_token": secrets.token_urlsafe(32),
+        "hs_token": secrets.token_urlsafe(32),
+        "sender_localpart": args.sender_localpart,
+        "namespaces": {"users": spaces(args.users_regex), "aliases": spaces(args.aliases_regex),
+                       "rooms": spaces(args.rooms_regex)},
+        "rate_limited": args.rate_limited,
+        "protocols": args.protocol or [],
+    }
+    from pydantic import ValidationError
+
+    try:
+        AppServiceRegistration.model_validate(data)
+    except ValidationError as e:
+        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        print("error: invalid registration:\n" + "\n".join(lines), file=sys.stderr)
+        return 2
+    text = yaml.safe_dump(data, sort_keys=False)
+    if args.output:
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -200,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int)
     run.add_argument("--insecure-federation-http", action="store_true",
                      help="federate over plain HTTP (loopback only)")
+    run.add_argument("--appservice", action="append", metavar="FILE",
+                     help="an application-service registration file (repeatable)")
     run.set_defaults(fn=cmd_run)
 
     mig = sub.add_parser("migrate", help="bring the database schema up to date")
@@ -217,7 +274,26 @@ def build_parser() -> argparse.ArgumentParser:
     common(chk)
     chk.add_argument("--host")
     chk.add_argument("--port", type=int)
+    chk.add_argument("--appservice", action="append", metavar="FILE",
+                     help="an application-service registration file (repeatable)")
     chk.set_defaults(fn=cmd_check_config)
+
+    asv = sub.add_parser("appservice", help="application-service registrations")
+    asv_sub = asv.add_subparsers(dest="appservice_command", required=True)
+    new = asv_sub.add_parser("new", help="print a new registration file with random tokens")
+    new.add_argument("--id", required=True)
+    new.add_argument("--url", required=True, help="where the service listens ('none': no traffic)")
+    new.add_argument("--sender-localpart", required=True)
+    new.add_argument("--users-regex", action="append", metavar="REGEX")
+    new.add_argument("--aliases-regex", action="append", metavar="REGEX")
+    new.add_argument("--rooms-regex", action="append", metavar="REGEX")
+    new.add_argument("--non-exclusive", action="store_true",
+                     help="namespaces are shared (default: exclusive)")
+    new.add_argument("--rate-limited", action="store_true",
+                     help="rate-limit the service's users (default: exempt)")
+    new.add_argument("--protocol", action="append")
+    new.add_argument("-o", "--output", help="write to this file (mode 0600) instead of stdout")
+    new.set_defaults(fn=cmd_appservice_new)
     return p
 
 

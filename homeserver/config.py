@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -125,6 +126,19 @@ class NotifierConfig(_Section):
         return self
 
 
+class AppServiceSenderConfig(_Section):
+    """How the homeserver talks to application services (their registrations: `appservices`)."""
+
+    # Transactions an AS did not acknowledge are retried (same ID, same content) with
+    # exponential backoff from retry_base_ms up to retry_max_ms, with jitter.
+    retry_base_ms: int = Field(500, ge=1)
+    retry_max_ms: int = Field(60_000, ge=1)
+    request_timeout_s: float = Field(30, gt=0, le=600)
+    # User and alias queries are made while a client waits: keep them short.
+    query_timeout_s: float = Field(5, gt=0, le=60)
+    max_events_per_txn: int = Field(100, ge=1, le=1000)
+
+
 class Config(_Section):
     server_name: str = "localhost:8008"
     public_baseurl: str | None = None
@@ -140,6 +154,7 @@ class Config(_Section):
     notifier: NotifierConfig = NotifierConfig()
     # Application-service registration files (bridges).
     appservices: list[Path] = []
+    appservice_sender: AppServiceSenderConfig = AppServiceSenderConfig()
 
     @field_validator("server_name")
     @classmethod
@@ -270,5 +285,119 @@ def load_config(
         base = p.resolve().parent
         if "data_dir" in data and isinstance(data["data_dir"], str):
             data["data_dir"] = str((base / data["data_dir"]).resolve())
+        if isinstance(data.get("appservices"), list):
+            data["appservices"] = [str((base / a).resolve()) if isinstance(a, str) else a
+                                   for a in data["appservices"]]
     data = _deep_merge(data, _env_overrides(dict(os.environ if environ is None else environ)))
     return build_config(data, **(overrides or {}))
+
+
+# --- application-service registrations ---------------------------------------------------------
+
+_AS_LOCALPART_RE = re.compile(r"^[a-z0-9._=\-/+]+$")
+
+
+class AppServiceNamespace(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    regex: str = Field(min_length=1, max_length=1000)
+    exclusive: bool = False
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"not a valid regular expression: {e}") from None
+        return v
+
+
+class AppServiceNamespaces(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    users: list[AppServiceNamespace] = []
+    aliases: list[AppServiceNamespace] = []
+    rooms: list[AppServiceNamespace] = []
+
+
+class AppServiceRegistration(BaseModel):
+    """One application-service registration file (the spec's Registration object).
+
+    Unknown keys are ignored: bridges write vendor extensions into these files."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str = Field(min_length=1, max_length=255)
+    # null: the AS needs no traffic from the homeserver (it only uses the client API).
+    url: str | None
+    as_token: str = Field(min_length=1, max_length=1024)
+    hs_token: str = Field(min_length=1, max_length=1024)
+    sender_localpart: str = Field(min_length=1, max_length=200)
+    namespaces: AppServiceNamespaces = AppServiceNamespaces()
+    rate_limited: bool = True
+    protocols: list[str] = []
+    receive_ephemeral: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("must be an http:// or https:// URL, or null")
+        return v.rstrip("/") if v else v
+
+    @field_validator("sender_localpart")
+    @classmethod
+    def _localpart(cls, v: str) -> str:
+        if not _AS_LOCALPART_RE.match(v):
+            raise ValueError("may only contain the characters a-z, 0-9 and ._=-/+")
+        return v
+
+    @model_validator(mode="after")
+    def _distinct_tokens(self) -> "AppServiceRegistration":
+        if self.as_token == self.hs_token:
+            raise ValueError("as_token and hs_token must be different")
+        return self
+
+
+def load_appservice_registration(path: str | Path) -> AppServiceRegistration:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"appservice registration {p}: cannot read it: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"appservice registration {p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"appservice registration {p}: must contain a mapping at the top level")
+    try:
+        return AppServiceRegistration.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {key}: {msg}")
+        raise ConfigError(f"appservice registration {p} is invalid:\n" + "\n".join(lines)) from None
+
+
+def load_appservice_registrations(paths: list[Path]) -> list[tuple[Path, AppServiceRegistration]]:
+    """Every registration file, validated, with no id, token or sender shared between two."""
+    out: list[tuple[Path, AppServiceRegistration]] = []
+    seen: dict[tuple[str, str], Path] = {}
+    for path in paths:
+        reg = load_appservice_registration(path)
+        for what, value in (("id", reg.id), ("as_token", reg.as_token),
+                            ("hs_token", reg.hs_token), ("sender_localpart", reg.sender_localpart)):
+            # A token may not be reused as another service's other token either.
+            kind = "token" if what.endswith("_token") else what
+            other = seen.get((kind, value))
+            if other is not None:
+                where = "the same file" if Path(other) == Path(path) else str(other)
+                raise ConfigError(f"appservice registration {path}: {what} is already used by "
+                                  f"{where}")
+            seen[(kind, value)] = Path(path)
+        out.append((Path(path), reg))
+    return out

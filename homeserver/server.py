@@ -109,6 +109,11 @@ class HomeServer:
         self.to_device = ToDeviceHandler(self)
         self.key_backup = KeyBackupHandler(self)
         self.events.on_outbox = self.federation_sender.wake
+        # Application services (bridges): registrations validated here (ConfigError naming
+        # the file), durable per-service delivery queues.
+        from homeserver.handlers.appservice import AppServiceHandler
+
+        self.appservices = AppServiceHandler(self)
         from homeserver.realtime import Realtime
 
         self.realtime = Realtime(self)
@@ -138,6 +143,7 @@ class HomeServer:
             await notifier_start()
         await self.media.start()
         self.federation_sender.start()
+        await self.appservices.start()
         log.info("homeserver %s started (database %s)", self.server_name,
                  "sqlite" if self.db.is_sqlite else "postgres")
 
@@ -147,6 +153,7 @@ class HomeServer:
         await self.presence.stop()
         await self.media.stop()
         await self.federation_sender.stop()
+        await self.appservices.stop()
         await self.federation_client.close()
         notifier_stop = getattr(self.notifier, "stop", None)
         if notifier_stop is not None:

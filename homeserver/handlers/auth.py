@@ -71,7 +71,14 @@ class AuthHandler:
         await account_store.add_token(hash_token(token), user_id, device_id, appservice_id)
         return token
 
-    async def requester_for_token(self, token: str) -> Requester:
+    async def requester_for_token(self, token: str, *, user_id: str | None = None,
+                                  device_id: str | None = None) -> Requester:
+        """The requester behind an access token. An application service's as_token acts as
+        its sender, or (`user_id`, `device_id`: identity assertion) as one of its users."""
+        appservices = getattr(self.hs, "appservices", None)
+        service = appservices.for_token(token) if appservices is not None else None
+        if service is not None:
+            return await appservices.requester(service, user_id, device_id)
         th = hash_token(token)
         cached = self._tokens.get_item(th)
         if cached is not None:

@@ -20,6 +20,7 @@ from homeserver.events.signing import sign_event
 from homeserver.storage import events as event_store
 from homeserver.storage import state as state_store
 from homeserver.storage.events import EventRow, PersistBatch
+from homeserver.handlers.appservice import MASSAGED_TS
 from homeserver.handlers.state import StateKey
 from homeserver.types import now_ms, server_of
 
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 MAX_PREV_EVENTS = 10
 
 PersistedCallback = Callable[[EventRow], Awaitable[None] | None]
+# (pdu, event_id) -> (statements for the event's transaction, callback after the commit)
+OutboxHook = Callable[[dict, str], Awaitable[tuple[list[tuple[str, list[Any]]],
+                                                   Callable[[], None] | None]]]
 
 
 class EventHandler:
@@ -45,6 +49,9 @@ class EventHandler:
         self.on_outbox: Callable[[list[str]], None] | None = None
         # Called after every persisted event (federation sender, appservices, realtime …).
         self.on_persisted: list[PersistedCallback] = []
+        # Asked before each timeline event is persisted: durable outbound queue rows to write
+        # in the event's own transaction (application services), and a wake-up after commit.
+        self.outbox_hooks: list[OutboxHook] = []
 
     def room_lock(self, room_id: str) -> asyncio.Lock:
         return self._room_locks[room_id]
@@ -110,7 +117,7 @@ class EventHandler:
             "sender": sender,
             "type": etype,
             "content": content,
-            "origin_server_ts": ts if ts is not None else now_ms(),
+            "origin_server_ts": ts if ts is not None else (MASSAGED_TS.get() or now_ms()),
             "depth": (max((r.depth for r in prev), default=0) + 1),
             "prev_events": [r.event_id for r in prev],
             "auth_events": [],
@@ -200,6 +207,7 @@ class EventHandler:
                                       "prev_content": prev_state.pdu.get("content", {}),
                                       "prev_sender": prev_state.sender}
         timeline = not (outlier or backfilled or soft_failed)
+        hooked = [await hook(pdu, event_id) for hook in self.outbox_hooks] if timeline else []
         old_current = await hs.state.current_state_ids(room_id) if new_current is not None else {}
         delta = {k: v for k, v in (new_current or {}).items() if old_current.get(k) != v}
         delta_rows = await hs.state.get_events(v for k, v in delta.items()
@@ -257,6 +265,8 @@ class EventHandler:
                 target = pdu.get("redacts") or (pdu.get("content") or {}).get("redacts")
                 if isinstance(target, str):
                     batch.redacts = target
+            for statements, _ in hooked:
+                batch.extra.extend(statements)
             for dest in destinations or ():
                 batch.extra.append((
                     "INSERT INTO federation_outbox (destination, event_id, created_ts) VALUES (?,?,?)",
@@ -287,6 +297,9 @@ class EventHandler:
             await self._fan_out(row)
         if destinations and self.on_outbox is not None:
             self.on_outbox(destinations)
+        for _, after_commit in hooked:
+            if after_commit is not None:
+                after_commit()
         return row
 
     async def set_out_of_room_membership(self, room_id: str, user_id: str, membership: str,

@@ -30,7 +30,8 @@ class MessagesHandler:
     async def send(self, requester: Requester, room_id: str, etype: str, content: dict,
                    state_key: str | None = None, txn_id: str | None = None) -> EventRow:
         await self.hs.rooms._require_room(room_id)
-        if requester.appservice_id is None:
+        # Application services' senders, and their users unless `rate_limited`, are exempt.
+        if not self.hs.appservices.exempt_from_rate_limits(requester):
             self.hs.message_limiter.check(requester.user_id)
         txn = (requester.device_id or requester.token_hash, txn_id) if txn_id else None
         if etype == "m.room.redaction":

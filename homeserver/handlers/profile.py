@@ -102,6 +102,8 @@ class ProfileHandler:
         if not self._is_local(user_id):
             return await self._remote(user_id, None)
         user = await account_store.get_user(user_id)
+        if user is None and await self.hs.appservices.query_user(user_id):
+            user = await account_store.get_user(user_id)  # an application service made it
         if user is None or user.deactivated:
             raise not_found("Profile not found")
         out: dict[str, Any] = {}

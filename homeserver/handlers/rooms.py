@@ -90,6 +90,7 @@ class RoomHandler:
                 raise MatrixError(400, "M_INVALID_PARAM", "Invalid room_alias_name")
             if await RoomAlias.exists(alias=alias):
                 raise MatrixError(400, "M_ROOM_IN_USE", "Room alias already taken")
+            hs.appservices.check_alias_not_exclusive(alias, requester)
         initial_state: list[tuple[str, str, dict]] = []
         for ev in req.initial_state:
             if not isinstance(ev.get("type"), str) or not isinstance(ev.get("content"), dict):
@@ -172,6 +173,8 @@ class RoomHandler:
                 res = await self.hs.fed_queries.resolve_remote_alias(room_id_or_alias)
                 return res["room_id"], res.get("servers", [])
             row = await RoomAlias.get_or_none(alias=room_id_or_alias)
+            if row is None and await self.hs.appservices.query_alias(room_id_or_alias):
+                row = await RoomAlias.get_or_none(alias=room_id_or_alias)
             if row is None:
                 raise not_found("Room alias not found")
             return row.room_id, []
@@ -286,6 +289,8 @@ class RoomHandler:
         if server_of(target) != self.hs.server_name:
             return
         user = await account_store.get_user(target)
+        if user is None and await self.hs.appservices.query_user(target):
+            user = await account_store.get_user(target)  # an application service made it
         if user is None or user.deactivated:
             raise not_found("Unknown user")
         if user.invite_policy == "shared_rooms" and inviter != target:
@@ -402,12 +407,15 @@ class RoomHandler:
             raise forbidden("You must be in the room to give it an alias")
         if await RoomAlias.exists(alias=alias):
             raise MatrixError(409, "M_UNKNOWN", "Room alias already exists")
+        self.hs.appservices.check_alias_not_exclusive(alias, requester)
         await RoomAlias.create(alias=alias, room_id=room_id, creator=requester.user_id)
 
     async def get_alias(self, alias: str) -> dict[str, Any]:
         if not is_valid_room_alias(alias):
             raise MatrixError(400, "M_INVALID_PARAM", "Not a valid room alias")
         row = await RoomAlias.get_or_none(alias=alias)
+        if row is None and await self.hs.appservices.query_alias(alias):
+            row = await RoomAlias.get_or_none(alias=alias)
         if row is None:
             raise not_found("Room alias not found")
         return {"room_id": row.room_id, "servers": [self.hs.server_name]}

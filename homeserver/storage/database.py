@@ -24,6 +24,7 @@ MODEL_MODULES = [
     "homeserver.storage.models_federation",
     "homeserver.storage.models_media",
     "homeserver.storage.models_e2e",
+    "homeserver.storage.models_appservice",
 ]
 MIGRATIONS_PACKAGE = "homeserver.storage.migrations"
 

@@ -44,14 +44,23 @@ async def register():
     if request.args.get("kind", "user") != "user":
         raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is disabled")
     req = await body(RegisterBody)
-    if req.type == "m.login.application_service":
-        return respond(await server.appservice_register(req)) if hasattr(
-            server, "appservice_register") else _closed()
+    if req.type == "m.login.application_service" or (
+            req.auth is not None and req.auth.get("type") == "m.login.application_service"):
+        from homeserver.api.appservice import request_appservice
+
+        res = await server.appservices.register(
+            request_appservice(), req.username, device_id=req.device_id,
+            device_name=req.initial_device_display_name, inhibit_login=req.inhibit_login)
+        if isinstance(res, str):
+            return respond({"user_id": res, "home_server": server.server_name})
+        return respond(_login_response(res))
     if server.config.registration.mode == "closed":
         raise forbidden("Registration is disabled on this server")
     server.register_limiter.check(client_ip() or "?")
     if req.username is not None:
-        await server.accounts.check_username(req.username)
+        # Names in an application service's exclusive namespace are reserved (M_EXCLUSIVE).
+        server.appservices.check_user_not_exclusive(
+            await server.accounts.check_username(req.username))
     server.accounts.check_registration_auth(req.auth)
     if not req.password:
         raise MatrixError(400, "M_MISSING_PARAM", "A password is required")
@@ -64,10 +73,6 @@ async def register():
     return respond(_login_response(res))
 
 
-def _closed():
-    raise forbidden("Application services are not configured")
-
-
 @bp.route("/register/available", methods=["GET"])
 async def register_available():
     from quart import request
@@ -77,7 +82,7 @@ async def register_available():
     if not username:
         raise MatrixError(400, "M_MISSING_PARAM", "username is required")
     server.register_limiter.check(f"available:{client_ip()}", cost=0.1)
-    await server.accounts.check_username(username)
+    server.appservices.check_user_not_exclusive(await server.accounts.check_username(username))
     return respond({"available": True})
 
 
@@ -91,7 +96,7 @@ async def login_flows():
 async def login():
     server = hs()
     req = await body(LoginBody)
-    if req.type != "m.login.password":
+    if req.type not in ("m.login.password", "m.login.application_service"):
         raise MatrixError(400, "M_UNKNOWN", f"Unknown login type {req.type!r}")
     name = req.user
     if req.identifier is not None:
@@ -99,6 +104,14 @@ async def login():
                 req.identifier.get("user"), str):
             raise MatrixError(400, "M_UNKNOWN", "Only m.id.user identifiers are supported")
         name = req.identifier["user"]
+    if req.type == "m.login.application_service":
+        from homeserver.api.appservice import request_appservice
+
+        service = request_appservice()
+        if not name:
+            raise MatrixError(400, "M_MISSING_PARAM", "identifier is required")
+        return respond(_login_response(await server.appservices.login(
+            service, name, req.device_id, req.initial_device_display_name)))
     if not name or req.password is None:
         raise MatrixError(400, "M_MISSING_PARAM", "user and password are required")
     server.login_limiter.check(client_ip() or "?")
@@ -189,6 +202,9 @@ class DeviceUpdate(Body):
 @authed
 async def update_device(requester, device_id):
     req = await body(DeviceUpdate, optional=True)
+    # An application service creates devices for its users this way (spec 1.17): 201.
+    if await hs().appservices.create_device(requester, device_id, req.display_name):
+        return respond({}, 201)
     await hs().accounts.rename_device(requester.user_id, device_id, req.display_name)
     return respond({})
 
@@ -198,7 +214,8 @@ async def update_device(requester, device_id):
 async def delete_device(requester, device_id):
     data = await json_object(optional=True)
     await hs().accounts.get_device(requester.user_id, device_id)
-    await hs().accounts.check_password_auth(requester, data.get("auth"))
+    if requester.appservice_id is None:  # no UIA for application services (spec 1.17)
+        await hs().accounts.check_password_auth(requester, data.get("auth"))
     await hs().accounts.delete_devices(requester, [device_id])
     return respond({})
 
@@ -213,6 +230,7 @@ class DeleteDevices(Body):
 async def delete_devices(requester):
     data = await json_object()
     req = validate(DeleteDevices, data)
-    await hs().accounts.check_password_auth(requester, data.get("auth"))
+    if requester.appservice_id is None:  # no UIA for application services (spec 1.17)
+        await hs().accounts.check_password_auth(requester, data.get("auth"))
     await hs().accounts.delete_devices(requester, req.devices)
     return respond({})

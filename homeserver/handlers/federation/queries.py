@@ -71,6 +71,8 @@ class FederationQueries:
         if not is_valid_room_alias(alias) or server_of(alias) != self.hs.server_name:
             raise MatrixError(400, "M_INVALID_PARAM", "room_alias must be an alias of this server")
         row = await RoomAlias.get_or_none(alias=alias)
+        if row is None and await self.hs.appservices.query_alias(alias):
+            row = await RoomAlias.get_or_none(alias=alias)
         if row is None:
             raise not_found("Room alias not found")
         members = await self.hs.state.joined_members(row.room_id)

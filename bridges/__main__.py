@@ -1,0 +1,5 @@
+import sys
+
+from bridges.cli import main
+
+sys.exit(main())

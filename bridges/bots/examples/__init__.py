@@ -1,0 +1,1 @@
+"""Example bots: echo (with help and ping), reminders, polls."""
