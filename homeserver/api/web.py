@@ -130,6 +130,7 @@ class Assets:
                 if f.is_file() and not any(p.startswith(".") for p in rel.split("/")):
                     raw[rel] = f.read_bytes()
         deps = {p: self._refs(p, b) for p, b in raw.items()}
+        self._deps = deps
         done: dict[str, str] = {}  # path -> hashed URL
         visiting: set[str] = set()
 
@@ -179,14 +180,13 @@ class Assets:
         if not urls:
             return body
         text = body.decode("utf-8")
-        known = urls
         if path.endswith((".js", ".mjs")):
             text = _JS_IMPORT.sub(
-                lambda m: f"{m.group(1)}{m.group(2)}{known.get(m.group(3), m.group(3))}"
+                lambda m: f"{m.group(1)}{m.group(2)}{urls.get(m.group(3), m.group(3))}"
                           f"{m.group(2)}", text)
         else:
             text = _CSS_URL.sub(
-                lambda m: f"url({m.group(1)}{known.get(m.group(2), m.group(2))}{m.group(1)})",
+                lambda m: f"url({m.group(1)}{urls.get(m.group(2), m.group(2))}{m.group(1)})",
                 text)
         return text.encode("utf-8")
 
@@ -206,7 +206,7 @@ class Assets:
             return f"{m.group(1)}{m.group(2)}{asset.url}{m.group(2)}"
 
         text = _HTML_REF.sub(sub, text)
-        # Imports are rewritten to absolute hashed URLs, so walk the graph by the original files.
+        # Every module the entry points import, directly or not: fetched in parallel at once.
         preload = []
         for entry in entries:
             for url in self._graph_urls(entry):
@@ -223,7 +223,6 @@ class Assets:
         self.index = Asset("index.html", "/", body, _gzip(body), TYPES[".html"], f'"{digest}"')
 
     def _graph_urls(self, entry: str) -> list[str]:
-        by_url = {a.url: p for p, a in self.by_path.items()}
         seen: list[str] = []
         stack = [entry]
         while stack:
@@ -231,21 +230,20 @@ class Assets:
             if p in seen or p not in self.by_path:
                 continue
             seen.append(p)
-            text = self.by_path[p].body.decode("utf-8", "replace")
-            for m in _JS_IMPORT_ABS.finditer(text):
-                target = by_url.get(m.group(3)) or m.group(3).removeprefix("/static/")
-                stack.append(target)
-        return [self.by_path[p].url for p in seen if p in self.by_path]
+            stack.extend(self._deps.get(p, {}).values())
+        return [self.by_path[p].url for p in seen]
 
 
-_JS_IMPORT_ABS = re.compile(r"""(\bimport\s*\(\s*|\bfrom\s*|\bimport\s+)(["'])(/static/[^"'\s]+)\2""")
-
-
-def _assets() -> Assets:
+async def _assets() -> Assets:
+    """This app's assets, read and compressed once (in a thread: file I/O and gzip)."""
     assets = current_app.config.get("NEXA_WEB_ASSETS")
     if assets is None:
-        assets = Assets(WEB_DIR)
-        current_app.config["NEXA_WEB_ASSETS"] = assets
+        lock = current_app.config.setdefault("NEXA_WEB_ASSETS_LOCK", asyncio.Lock())
+        async with lock:
+            assets = current_app.config.get("NEXA_WEB_ASSETS")
+            if assets is None:
+                assets = await asyncio.to_thread(Assets, WEB_DIR)
+                current_app.config["NEXA_WEB_ASSETS"] = assets
     return assets
 
 
@@ -292,7 +290,7 @@ def _not_found() -> Response:
 
 @bp.route("/", methods=["GET"])
 async def index():
-    assets = _assets()
+    assets = await _assets()
     if assets.index is None:
         return Response(b"The web UI is not installed (web/index.html is missing).\n", 404,
                         {**UI_HEADERS}, content_type="text/plain; charset=utf-8")
@@ -301,7 +299,7 @@ async def index():
 
 @bp.route("/static/<path:name>", methods=["GET"])
 async def static(name: str):
-    assets = _assets()
+    assets = await _assets()
     asset = assets.by_url.get(name)
     if asset is not None:
         return _serve(asset, IMMUTABLE)
@@ -313,7 +311,7 @@ async def static(name: str):
 
 @bp.route("/favicon.ico", methods=["GET"])
 async def favicon():
-    asset = _assets().by_path.get("img/icon.svg")
+    asset = (await _assets()).by_path.get("img/icon.svg")
     return _serve(asset, "public, max-age=86400") if asset else _not_found()
 
 
