@@ -9,7 +9,10 @@ export function mountProfile(main) {
   document.title = `${t('profile.title')} · Nexa`;
   const me = ctx.store.me;
   const nameId = uid('p');
-  const name = h('input', { id: nameId, maxlength: '255', autocomplete: 'nickname' });
+  // Once the user types, the profile arriving from the server must not overwrite the field.
+  let typed = false;
+  const name = h('input', { id: nameId, maxlength: '255', autocomplete: 'nickname',
+    oninput: () => { typed = true; } });
   const pic = h('div', { class: 'profile-avatar' });
   const file = h('input', { type: 'file', accept: 'image/png,image/jpeg,image/gif,image/webp', hidden: true });
   const save = h('button', { type: 'submit', class: 'btn btn-primary' }, t('profile.save'));
@@ -64,7 +67,7 @@ export function mountProfile(main) {
 
   ctx.api.profile(me).then((p) => {
     profile = p || {};
-    name.value = profile.displayname || '';
+    if (!typed) name.value = profile.displayname || '';
     renderPic();
   }, () => renderPic());
   renderPic();
