@@ -19,6 +19,7 @@ CLIENT_PREFIXES = ("/_matrix/client/v3", "/_matrix/client/r0")
 # Uploads have their own (larger) limit, enforced while streaming.
 MEDIA_PREFIXES = ("/_matrix/media/", "/_matrix/client/v1/media/")
 
+BODYLESS_METHODS = frozenset({"GET", "HEAD"})
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, HEAD, POST, PUT, DELETE, OPTIONS",
@@ -72,6 +73,8 @@ def create_app(config: Config, hs: HomeServer | None = None) -> Quart:
         if request.method == "OPTIONS":
             return respond({})
         reject_nul_in_url()
+        if request.method in BODYLESS_METHODS:  # bodies of these are never read
+            return None
         length = request.content_length
         if (length is not None and length > config.limits.max_request_bytes
                 and not request.path.startswith(MEDIA_PREFIXES)):
@@ -80,8 +83,12 @@ def create_app(config: Config, hs: HomeServer | None = None) -> Quart:
 
     @app.after_request
     async def _cors(response):
+        # One pass over the headers: werkzeug builds an exception for every lookup that misses,
+        # and this runs on every response.
+        present = {k.lower() for k in response.headers.keys()}
         for k, v in CORS_HEADERS.items():
-            response.headers.setdefault(k, v)
+            if k.lower() not in present:
+                response.headers.add(k, v)
         return response
 
     @app.errorhandler(MatrixError)

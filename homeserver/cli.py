@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import getpass
 import logging
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 from homeserver.config import Config, ConfigError, is_loopback, load_config
 
 DEFAULT_CONFIG = "config.yaml"
+GC_GEN0_THRESHOLD = 5000  # the default is 700; see tune_gc
 
 
 def _config_path(arg: str | None) -> str | None:
@@ -102,6 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     shutdown = asyncio.Event()
 
     async def main() -> None:
+        tune_gc()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, shutdown.set)
@@ -116,6 +119,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         uvloop.run(main())
     return 0
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheaper for a long-running server.
+
+    What is alive once the app is built (modules, routes, config) lives as long as the process:
+    freezing it keeps every full collection from re-scanning it. Requests allocate many
+    short-lived objects that reference counting frees anyway, so a larger first-generation
+    threshold makes collections rarer; profiling the send/sync path showed the collector at a
+    few percent of the CPU with the defaults.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

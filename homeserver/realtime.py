@@ -41,12 +41,17 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-import socketio
-from socketio.exceptions import ConnectionRefusedError as Refused
-
 from homeserver.errors import MatrixError
 from homeserver.handlers.auth import Requester
 from homeserver.types import StreamToken, now_ms
+from homeserver.lean_imports import import_without
+
+# python-socketio's package imports its client and its Redis/Kafka/AMQP/ZeroMQ managers eagerly;
+# they pull in requests and redis (~20 MiB resident) that the server side never uses. Those are
+# optional imports inside socketio, so hiding them while it loads leaves the server intact.
+socketio = import_without("socketio", hidden=(
+    "requests", "redis", "websocket", "kombu", "aio_pika", "zmq", "kafka", "confluent_kafka"))
+from socketio.exceptions import ConnectionRefusedError as Refused  # noqa: E402
 
 if TYPE_CHECKING:
     from homeserver.server import HomeServer

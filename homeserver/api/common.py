@@ -106,7 +106,13 @@ def access_token() -> str | None:
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
         return None
-    return request.args.get("access_token") or None
+    return _arg(request.args, "access_token") or None
+
+
+def _arg(args: Any, name: str) -> str | None:
+    # `in` first: a MultiDict.get that misses builds (and discards) a werkzeug exception, and
+    # this runs for every authenticated request.
+    return args.get(name) if name in args else None
 
 
 def authed(fn: Callable) -> Callable:
@@ -118,9 +124,10 @@ def authed(fn: Callable) -> Callable:
         if not token:
             raise MatrixError(401, "M_MISSING_TOKEN", "Missing access token")
         args_ = request.args
-        requester = await hs().auth.requester_for_token(
-            token, user_id=args_.get("user_id"),
-            device_id=args_.get("device_id") or args_.get("org.matrix.msc3202.device_id"))
+        user_id = _arg(args_, "user_id")
+        device_id = _arg(args_, "device_id") or _arg(args_, "org.matrix.msc3202.device_id")
+        requester = await hs().auth.requester_for_token(token, user_id=user_id,
+                                                        device_id=device_id)
         if requester.appservice_id is None or "ts" not in args_:
             return await fn(requester, *args, **kwargs)
         # Application services may set origin_server_ts on /send and /state (spec: "timestamp
