@@ -230,12 +230,18 @@ class RoomHandler:
                 await self.hs.fed_membership.leave_remote(requester.user_id, room_id, hints)
                 return
         await self._require_room(room_id)
-        membership = await self.hs.state.membership_of(room_id, requester.user_id)
-        if membership in (None, "leave"):
-            raise forbidden("You are not in this room")
+        current = await self.hs.state.current_state_event(room_id, "m.room.member",
+                                                          requester.user_id)
+        membership = current.pdu["content"].get("membership") if current else None
         content: dict[str, Any] = {"membership": "leave"}
         if reason:
             content["reason"] = reason
+        if membership == "leave" and current.sender == requester.user_id \
+                and current.pdu["content"] == content:
+            return  # the same leave again: a retry, answered like the first (as Synapse does)
+        if membership in (None, "leave"):
+            # Bridges (mautrix) recognise this case by "not in room" in the message.
+            raise forbidden(f"You are not in room {room_id}")
         await self.hs.events.send_event(room_id, requester.user_id, "m.room.member", content,
                                         state_key=requester.user_id)
 
