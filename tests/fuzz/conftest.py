@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fuzz.run_fuzz import HERMETIC_CONFIG
+from tests.fuzz.config import HERMETIC_CONFIG
 from tests.servers import start_server
 
 _lines: list[str] = []

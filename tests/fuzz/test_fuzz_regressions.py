@@ -7,7 +7,7 @@ import secrets
 
 import pytest
 
-from tests.fuzz.run_fuzz import table_counts
+from tests.fuzz.store import table_counts
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import os
 
 import pytest
 
-from tests.fuzz.run_fuzz import CS_DIR, fuzz_server
+from tests.fuzz.config import CS_DIR
+from tests.fuzz.run_fuzz import fuzz_server
 
 IN_CI = os.environ.get("NEXA_REQUIRE_SERVICES") == "1" or bool(os.environ.get("CI"))
 BUDGET_S = float(os.environ.get("NEXA_FUZZ_BUDGET", "180"))
