@@ -14,6 +14,7 @@ from bridges.appservice.config import BridgeConfigError, load_bridge_config
 # object with `run_forever()`.
 ADAPTERS = {
     "webhooks": "bridges.webhooks.bridge:WebhooksBridge",
+    "irc": "bridges.irc.bridge:IrcBridge",
     "echo-bot": "bridges.bots.examples.echo:create",
     "reminder-bot": "bridges.bots.examples.reminder:create",
     "poll-bot": "bridges.bots.examples.poll:create",
