@@ -1,4 +1,4 @@
-"""The `nexa` command: run, register-user, check-config, appservice new."""
+"""The `nexa` command: run, register-user, check-config, rotate-key, appservice new."""
 
 from __future__ import annotations
 
@@ -194,14 +194,39 @@ def cmd_register_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_rest_check(cfg: Config, problems: list[str]) -> str:
+    """Problems with the at-rest keys go to `problems`; returns where the keys come from.
+    ConfigError when they are there but unusable."""
+    from homeserver.crypto.at_rest import AtRestError, parse_keys
+    from homeserver.crypto.keystore import ENV_VAR, env_keys, read_key_file
+
+    text = env_keys()
+    try:
+        if text is not None:
+            ids = [k for k, _ in parse_keys(text, ENV_VAR)]
+            return f"at-rest keys from ${ENV_VAR} ({', '.join(ids)})"
+        path = cfg.at_rest_key_path
+        if not path.exists():
+            return f"at-rest key file {path} will be generated at first start (back it up)"
+        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            problems.append(f"{path} (the at-rest encryption key) is readable by other users: "
+                            "chmod 600 it")
+        ring = read_key_file(path)
+    except (OSError, AtRestError) as e:
+        raise ConfigError(f"at-rest keys: {e}") from None
+    return f"at-rest key file {path} ({', '.join(ring.ids)}; sealing with {ring.current_id})"
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
     problems = cfg.warnings()
     key = cfg.data_dir / "signing.key"
     if key.exists() and key.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         problems.append(f"{key} is readable by other users: chmod 600 it")
+    at_rest = _at_rest_check(cfg, problems)
     for p in problems:
         print(f"warning: {p}")
+    print(at_rest)
     from homeserver.config import load_appservice_registrations
 
     for path, reg in load_appservice_registrations(list(cfg.appservices)):
@@ -210,6 +235,88 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"configuration OK: server_name={cfg.server_name}, listening on "
           f"{', '.join(f'{lst.host}:{lst.port}' for lst in cfg.listeners)}, database "
           f"{'sqlite' if cfg.database_url.startswith('sqlite') else 'postgres'}")
+    return 0
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    """Add a new at-rest key and re-seal everything under it while the server keeps running;
+    with --retire-old, then drop the older keys from the key file."""
+    import time
+
+    from homeserver.crypto.at_rest import AtRestError, format_entry, new_key, new_key_id
+    from homeserver.crypto.keystore import (ENV_VAR, LiveKeyring, add_key, env_keys,
+                                            load_or_generate, retire_old_keys)
+
+    if args.generate:
+        # For keys kept in the environment: an entry to append to the variable.
+        print(format_entry(new_key_id(), new_key()))
+        return 0
+    cfg = _load(args)
+    path = cfg.at_rest_key_path
+    from_env = env_keys() is not None
+    try:
+        if from_env:
+            live = LiveKeyring.load(path)
+            print(f"keys from ${ENV_VAR}: re-sealing under its newest key, {live.ring.current_id}"
+                  " (every server process must already run with it: a new key in the "
+                  "environment needs a restart)")
+            key_added_at = time.monotonic() - args.grace_seconds
+        else:
+            if not path.exists():
+                load_or_generate(path)
+                print(f"created {path} with a new key")
+            elif not args.resume:
+                ring = add_key(path)
+                print(f"added key {ring.current_id} to {path}")
+            age = max(0.0, time.time() - path.stat().st_mtime)
+            key_added_at = time.monotonic() - age
+            live = LiveKeyring.load(path)
+    except (OSError, AtRestError) as e:
+        print(f"error: at-rest keys: {e}", file=sys.stderr)
+        return 1
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+
+    async def main():
+        from homeserver.storage.database import Database
+        from homeserver.storage.media import MediaStore
+        from homeserver.storage.rekey import checkpoint_sqlite, reseal_everything
+
+        db = Database(cfg.database_url, cfg.database.sqlite_synchronous, at_rest=live)
+        await db.open()
+        token = db.activate()
+        try:
+            report = await reseal_everything(
+                MediaStore(cfg.data_dir / "media", lambda: live), key_added_at=key_added_at,
+                grace_s=args.grace_seconds, batch=args.batch_size,
+                progress=lambda line: print(line, flush=True))
+            if db.is_sqlite:
+                await checkpoint_sqlite(db.conn())
+            return report
+        finally:
+            db.deactivate(token)
+            await db.close()
+
+    from homeserver.storage.rekey import RotationStuck
+
+    try:
+        report = asyncio.run(main())
+    except (AtRestError, RotationStuck) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    rows = ", ".join(f"{k} {v}" for k, v in report.rows.items())
+    print(f"everything is sealed under {report.key_id}: re-sealed {rows}, {report.files} media "
+          f"files, in {report.passes} passes")
+    old = [k for k in live.ring.ids if k != report.key_id]
+    if args.retire_old and old:
+        if from_env:
+            print(f"remove the older keys {', '.join(old)} from ${ENV_VAR} and restart")
+        else:
+            try:
+                retire_old_keys(path, report.key_id)
+            except (OSError, AtRestError) as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 1
+            print(f"retired {', '.join(old)} from {path}")
     return 0
 
 
@@ -294,6 +401,20 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--appservice", action="append", metavar="FILE",
                      help="an application-service registration file (repeatable)")
     chk.set_defaults(fn=cmd_check_config)
+
+    rot = sub.add_parser("rotate-key", help="add an at-rest encryption key and re-encrypt "
+                         "all stored content under it (the server may keep running)")
+    common(rot)
+    rot.add_argument("--retire-old", action="store_true",
+                     help="afterwards, remove the older keys from the key file")
+    rot.add_argument("--resume", action="store_true",
+                     help="add no key: finish re-encrypting under the newest one")
+    rot.add_argument("--generate", action="store_true",
+                     help="only print a new key entry (for keys kept in NEXA_AT_REST_KEY)")
+    rot.add_argument("--batch-size", type=int, default=500, help="rows per transaction")
+    rot.add_argument("--grace-seconds", type=float, default=5.0,
+                     help="how long a running server may take to notice the new key")
+    rot.set_defaults(fn=cmd_rotate_key)
 
     asv = sub.add_parser("appservice", help="application-service registrations")
     asv_sub = asv.add_subparsers(dest="appservice_command", required=True)

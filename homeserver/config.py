@@ -106,6 +106,15 @@ class MediaConfig(_Section):
     max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1024)
 
 
+class AtRestConfig(_Section):
+    """Encryption at rest (docs/at-rest-encryption.md). The keys come from the environment
+    variable NEXA_AT_REST_KEY when it is set, otherwise from key_file."""
+
+    # None: data_dir/at_rest.key, generated (mode 0600) on first start. A relative path is
+    # relative to data_dir.
+    key_file: Path | None = None
+
+
 class NotifierConfig(_Section):
     # "memory": wake-ups stay in this process. "redis": published on a Redis channel so that
     # every worker process wakes its own /sync and Socket.IO listeners.
@@ -151,6 +160,7 @@ class Config(_Section):
     logging: LoggingConfig = LoggingConfig()
     federation: FederationConfig = FederationConfig()
     media: MediaConfig = MediaConfig()
+    at_rest: AtRestConfig = AtRestConfig()
     notifier: NotifierConfig = NotifierConfig()
     # Application-service registration files (bridges).
     appservices: list[Path] = []
@@ -180,6 +190,12 @@ class Config(_Section):
         if self.database.url:
             return self.database.url
         return f"sqlite://{(self.data_dir / 'nexa.db').resolve()}"
+
+    @property
+    def at_rest_key_path(self) -> Path:
+        if self.at_rest.key_file is None:
+            return self.data_dir / "at_rest.key"
+        return self.data_dir / self.at_rest.key_file  # an absolute key_file stays as it is
 
     @property
     def base_url(self) -> str:
@@ -212,13 +228,16 @@ def is_loopback(host: str) -> bool:
 
 
 ENV_PREFIX = "NEXA_"
+# Not configuration keys: the config file path, and at-rest key material (read by
+# homeserver/crypto/keystore.py, never part of the Config object).
+ENV_NOT_KEYS = ("NEXA_CONFIG", "NEXA_AT_REST_KEY")
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     """NEXA_SERVER_NAME=x, NEXA_DATABASE__URL=y: double underscore descends into a section."""
     out: dict[str, Any] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == "NEXA_CONFIG":
+        if not name.startswith(ENV_PREFIX) or name in ENV_NOT_KEYS:
             continue
         path = name[len(ENV_PREFIX):].lower().split("__")
         node = out

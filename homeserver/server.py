@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 from homeserver.config import Config
+from homeserver.crypto.keystore import LiveKeyring
 from homeserver.events.signing import SigningKey
 from homeserver.notifier import InProcessNotifier, Notifier
 from homeserver.ratelimit import RateLimiter
@@ -122,9 +124,12 @@ class HomeServer:
         data_dir = self.config.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.signing_key = SigningKey.load_or_generate(data_dir / "signing.key")
+        # Encryption at rest: message content and media are sealed with these keys.
+        self.db.at_rest = LiveKeyring.load(self.config.at_rest_key_path)
         await self.db.open()
         token = self.db.activate()
         try:
+            await self._check_at_rest_keys()
             conn = self.db.conn()
             self.ids = StreamIds(
                 events=IdGenerator(await max_of(conn, "events", "stream_ordering")),
@@ -146,6 +151,17 @@ class HomeServer:
         await self.appservices.start()
         log.info("homeserver %s started (database %s)", self.server_name,
                  "sqlite" if self.db.is_sqlite else "postgres")
+
+    async def _check_at_rest_keys(self) -> None:
+        from homeserver.storage.sealed import WrongKeys, check_keys_match
+
+        try:
+            await check_keys_match()
+        except WrongKeys:
+            if self.db.at_rest.generated:  # made just now for a database that has keys
+                os.unlink(self.db.at_rest.path)
+            await self.db.close()
+            raise
 
     async def stop(self) -> None:
         await self.realtime.stop()

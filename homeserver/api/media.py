@@ -21,13 +21,15 @@ import secrets
 from typing import Any, AsyncIterator
 
 from quart import Blueprint, Quart, Response, request
-from quart.wrappers.response import FileBody
+from quart.wrappers.response import ResponseBody
+from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
 from homeserver.api.common import Requester, authed, hs, query_bool, query_int, respond
 from homeserver.api.federation.auth import federation_authed
 from homeserver.errors import MatrixError, missing_param, not_found
-from homeserver.handlers.media import (MediaFile, ThumbnailFile, content_disposition,
-                                       media_headers, validate_filename)
+from homeserver.handlers.media import MediaFile, ThumbnailFile
+from homeserver.handlers.media_policy import content_disposition, media_headers, validate_filename
+from homeserver.storage.media import MediaStore
 
 # A client that stops sending mid-upload is dropped after this long without a byte.
 UPLOAD_IDLE_TIMEOUT = 60
@@ -92,12 +94,58 @@ def _thumbnail_args(remote_ok: bool) -> dict[str, Any]:
 
 # --- response helpers ------------------------------------------------------------------------
 
+class StoredFileBody(ResponseBody):
+    """A stored file's plaintext (the store decrypts), with a range for conditional requests.
+    Like Quart's FileBody, but reading through MediaStore.open: files are sealed at rest."""
+
+    def __init__(self, store: MediaStore, sha256: str, size: int) -> None:
+        self.store = store
+        self.sha256 = sha256
+        self.size = size
+        self.begin = 0
+        self.end = size
+        self._fh: Any = None
+        self._pos = 0
+
+    async def __aenter__(self) -> "StoredFileBody":
+        self._fh = await asyncio.to_thread(self.store.open, self.sha256)
+        if self.begin:
+            await asyncio.to_thread(self._fh.seek, self.begin)
+        self._pos = self.begin
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._fh is not None:
+            await asyncio.to_thread(self._fh.close)
+            self._fh = None
+
+    def __aiter__(self) -> "StoredFileBody":
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._pos >= self.end:
+            raise StopAsyncIteration()
+        chunk = await asyncio.to_thread(self._fh.read, min(FILE_BUFFER, self.end - self._pos))
+        if not chunk:
+            raise StopAsyncIteration()
+        self._pos += len(chunk)
+        return chunk
+
+    async def make_conditional(self, begin: int, end: int | None) -> int:
+        if begin < 0:  # a suffix range, "bytes=-N": the last N bytes
+            if -begin > self.size:
+                raise RequestedRangeNotSatisfiable()
+            begin = self.size + begin
+        self.begin = begin
+        self.end = self.size if end is None else min(self.size, end)
+        if self.begin >= self.end:
+            raise RequestedRangeNotSatisfiable()
+        return self.size
+
+
 async def _file_response(sha256: str, size: int, headers: dict[str, str]) -> Response:
-    path = hs().media.store.path_for(sha256)
-    try:
-        body = await asyncio.to_thread(FileBody, path, buffer_size=FILE_BUFFER)
-    except FileNotFoundError:
-        raise not_found("Media content is missing") from None
+    await _require_file(sha256)
+    body = StoredFileBody(hs().media.store, sha256, size)
     resp = Response(body, status=200, headers=headers)
     resp.timeout = DOWNLOAD_TIMEOUT
     resp.content_length = size

@@ -15,6 +15,7 @@ from typing import Any
 from tortoise.transactions import in_transaction
 
 from homeserver.storage import sql
+from homeserver.storage.sealed import APPSERVICE_TXN_BODY
 from homeserver.types import now_ms
 
 INSERT_OUTBOX = ("INSERT INTO appservice_outbox (appservice_id, event_id, created_ts) "
@@ -32,7 +33,11 @@ async def pending_txn(appservice_id: str) -> dict[str, Any] | None:
     rows = await sql.fetch(
         "SELECT id, txn_id, body_json, event_count FROM appservice_txns WHERE appservice_id = ? "
         "ORDER BY id LIMIT 1", [appservice_id])
-    return rows[0] if rows else None
+    if not rows:
+        return None
+    row = rows[0]
+    row["body_json"] = APPSERVICE_TXN_BODY.open(row["body_json"], appservice_id, row["txn_id"])
+    return row
 
 
 async def unsent_rows(appservice_id: str, limit: int) -> list[dict[str, Any]]:
@@ -56,7 +61,8 @@ async def create_txn(appservice_id: str, txn_id: str, body_json: str, event_coun
         await sql.execute(
             "INSERT INTO appservice_txns (appservice_id, txn_id, body_json, event_count, "
             "created_ts) VALUES (?,?,?,?,?)",
-            [appservice_id, txn_id, body_json, event_count, now_ms()], conn)
+            [appservice_id, txn_id, APPSERVICE_TXN_BODY.seal(body_json, appservice_id, txn_id),
+             event_count, now_ms()], conn)
         await delete_rows(appservice_id, row_ids, conn)
 
 

@@ -36,6 +36,9 @@ def tortoise_config(url: str, sqlite_synchronous: str = "FULL") -> dict[str, Any
             "journal_mode": "WAL",
             "synchronous": sqlite_synchronous,
             "busy_timeout": 10000,
+            # Deleted and overwritten rows are zeroed, not left in free pages: a value
+            # re-sealed by `nexa rotate-key` leaves no plaintext behind in the file.
+            "secure_delete": "ON",
         }
         connection: Any = {"engine": "tortoise.backends.sqlite", "credentials": credentials}
     else:
@@ -52,12 +55,27 @@ def tortoise_config(url: str, sqlite_synchronous: str = "FULL") -> dict[str, Any
     }
 
 
+class _Context(TortoiseContext):
+    # The at-rest keyring (crypto/keystore.LiveKeyring) of the server owning this database;
+    # storage/sealed.py finds it through the current context, like models find connections.
+    at_rest: Any = None
+
+
 class Database:
-    def __init__(self, url: str, sqlite_synchronous: str = "FULL") -> None:
+    def __init__(self, url: str, sqlite_synchronous: str = "FULL", at_rest: Any = None) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite://")
         self.config = tortoise_config(url, sqlite_synchronous)
-        self.ctx = TortoiseContext()
+        self.ctx = _Context()
+        self.ctx.at_rest = at_rest
+
+    @property
+    def at_rest(self) -> Any:
+        return self.ctx.at_rest
+
+    @at_rest.setter
+    def at_rest(self, keyring: Any) -> None:
+        self.ctx.at_rest = keyring
 
     def activate(self) -> Token:
         """Make this database the one models use in the current task (and tasks it starts)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 from homeserver.storage import sql
+from homeserver.storage.sealed import DEVICE_INBOX
 from homeserver.types import now_ms
 
 CHUNK = 500
@@ -369,18 +370,24 @@ async def max_to_device_position(conn) -> int:
 async def add_inbox_messages(rows: list[tuple[int, str, str, str, str, str]], conn=None) -> None:
     """(stream_id, user_id, device_id, sender, type, content_json) rows."""
     ts = now_ms()
-    for chunk in _chunks(rows, 200):
+    # Plaintext to-device messages (verification, key requests) are sealed at rest.
+    sealed = [(sid, user, dev, sender, type_, DEVICE_INBOX.seal(content, user, dev, sid), ts)
+              for sid, user, dev, sender, type_, content in rows]
+    for chunk in _chunks(sealed, 200):
         await sql.execute_many(
             "INSERT INTO device_inbox (stream_id, user_id, device_id, sender, type, content, ts) "
-            "VALUES (?,?,?,?,?,?,?)", [(*r, ts) for r in chunk], conn)
+            "VALUES (?,?,?,?,?,?,?)", chunk, conn)
 
 
 async def get_inbox_messages(user_id: str, device_id: str, after: int, upto: int,
                              limit: int) -> list[dict[str, Any]]:
-    return await sql.fetch(
+    rows = await sql.fetch(
         "SELECT stream_id, sender, type, content FROM device_inbox WHERE user_id = ? AND "
         "device_id = ? AND stream_id > ? AND stream_id <= ? ORDER BY stream_id, id LIMIT ?",
         [user_id, device_id, after, upto, limit])
+    for r in rows:
+        r["content"] = DEVICE_INBOX.open(r["content"], user_id, device_id, r["stream_id"])
+    return rows
 
 
 async def delete_inbox_messages(user_id: str, device_id: str, upto: int) -> None:

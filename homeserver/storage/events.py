@@ -1,4 +1,6 @@
-"""Persisting events (one transaction per event) and reading them back by stream position."""
+"""Persisting events (one transaction per event) and reading them back by stream position.
+
+The `json` column is sealed (storage/sealed.py): every reader goes through EventRow.from_db."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import orjson
 from tortoise.transactions import in_transaction
 
 from homeserver.storage import sql
+from homeserver.storage.sealed import EVENTS_JSON
 
 EVENT_COLUMNS = (
     "stream_ordering, event_id, room_id, type, state_key, sender, depth, origin_server_ts, "
@@ -40,7 +43,8 @@ class EventRow:
         return cls(
             stream_ordering=r["stream_ordering"], event_id=r["event_id"], room_id=r["room_id"],
             type=r["type"], state_key=r["state_key"], sender=r["sender"], depth=r["depth"],
-            origin_server_ts=r["origin_server_ts"], pdu=orjson.loads(r["json"]),
+            origin_server_ts=r["origin_server_ts"],
+            pdu=orjson.loads(EVENTS_JSON.open_bytes(r["json"], r["event_id"])),
             state_group=r["state_group"], redacted_by=r["redacted_by"],
             txn_device=r["txn_device"], txn_id=r["txn_id"],
             outlier=bool(r.get("outlier")), soft_failed=bool(r.get("soft_failed")),
@@ -83,6 +87,7 @@ class PersistBatch:
 
 async def persist(batch: PersistBatch) -> None:
     r = batch.row
+    sealed_json = EVENTS_JSON.seal(orjson.dumps(r.pdu), r.event_id)  # before taking the lock
     async with in_transaction() as conn:
         if batch.replace_outlier:
             await sql.execute("DELETE FROM events WHERE event_id = ? AND outlier = ?",
@@ -91,8 +96,8 @@ async def persist(batch: PersistBatch) -> None:
             f"INSERT INTO events ({EVENT_COLUMNS}, outlier, soft_failed) "
             f"VALUES ({sql.placeholders(15)})",
             [r.stream_ordering, r.event_id, r.room_id, r.type, r.state_key, r.sender, r.depth,
-             r.origin_server_ts, orjson.dumps(r.pdu).decode(), r.state_group, None,
-             r.txn_device, r.txn_id, batch.outlier, batch.soft_failed],
+             r.origin_server_ts, sealed_json, r.state_group, None, r.txn_device, r.txn_id,
+             batch.outlier, batch.soft_failed],
             conn,
         )
         if not batch.outlier:

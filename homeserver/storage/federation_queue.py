@@ -15,6 +15,7 @@ from typing import Any, Iterable
 from tortoise.transactions import in_transaction
 
 from homeserver.storage import sql
+from homeserver.storage.sealed import FEDERATION_EDU
 from homeserver.types import now_ms
 
 OUTBOX_COLUMNS = "id, event_id, edu_json, txn_id"
@@ -35,9 +36,16 @@ async def in_flight_rows(destination: str) -> list[dict[str, Any]]:
         "ORDER BY id LIMIT 1", [destination])
     if not first:
         return []
-    return await sql.fetch(
+    return _opened(destination, await sql.fetch(
         f"SELECT {OUTBOX_COLUMNS} FROM federation_outbox WHERE destination = ? AND txn_id = ? "
-        "ORDER BY id", [destination, first[0]["txn_id"]])
+        "ORDER BY id", [destination, first[0]["txn_id"]]))
+
+
+def _opened(destination: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """EDU bodies are sealed at rest (they can carry message text: to-device, presence)."""
+    for r in rows:
+        r["edu_json"] = FEDERATION_EDU.open(r["edu_json"], destination)
+    return rows
 
 
 async def unsent_rows(destination: str, max_pdus: int, max_edus: int) -> list[dict[str, Any]]:
@@ -55,7 +63,7 @@ async def unsent_rows(destination: str, max_pdus: int, max_edus: int) -> list[di
             "AND txn_id IS NULL AND event_id IS NULL ORDER BY id LIMIT ?",
             [destination, max_edus])
     out.sort(key=lambda r: r["id"])
-    return out
+    return _opened(destination, out)
 
 
 async def assign_txn(destination: str, row_ids: list[int], txn_id: str) -> None:
@@ -77,7 +85,7 @@ async def delete_rows(destination: str, row_ids: list[int], conn=None) -> None:
 async def queue_edus(rows: Iterable[tuple[str, str]]) -> None:
     """(destination, edu_json) rows, in one transaction."""
     ts = now_ms()
-    values = [(dest, edu_json, ts) for dest, edu_json in rows]
+    values = [(dest, FEDERATION_EDU.seal(edu_json, dest), ts) for dest, edu_json in rows]
     if not values:
         return
     async with in_transaction() as conn:

@@ -1,10 +1,12 @@
 """Media storage: content-addressed files on disk, and the rows that map mxc:// URIs to them.
 
-Files live at `<data_dir>/media/<aa>/<bb>/<sha256>` (aa, bb: the first hex pairs of the hash),
-so the same bytes uploaded twice are stored once. A file is written to `media/tmp/` first and
-renamed into place only when complete and fsynced: a reader never sees half a file, and a crash
-leaves at most a temporary file, removed at the next start. Every disk operation runs in a
-worker thread; the event loop only awaits it.
+Files live at `<data_dir>/media/<aa>/<bb>/<sha256>` (aa, bb: the first hex pairs of the hash
+of the plaintext), so the same bytes uploaded twice are stored once. With the server's at-rest
+keys the file holds the bytes sealed in segments (storage/sealed_files.py): a copy of the media
+directory shows no content, and reads (Range requests too) decrypt on the fly. A file is written
+to `media/tmp/` first and renamed into place only when complete and fsynced: a reader never sees
+half a file, and a crash leaves at most a temporary file, removed at the next start. Every disk
+operation runs in a worker thread; the event loop only awaits it.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Any, AsyncIterable
+from typing import Any, AsyncIterable, BinaryIO, Callable, Iterator
 
 from homeserver.storage import sql
+from homeserver.storage.sealed_files import FileSealer, open_plain, reseal
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +40,12 @@ def _is_sha256(value: str) -> bool:
 class MediaStore:
     """The content-addressed file store of one homeserver."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, keyring: Callable[[], Any] | None = None) -> None:
+        """`keyring` returns the server's LiveKeyring; without one (tools, tests of the file
+        layout) files are stored as plaintext."""
         self.root = root
         self.tmp = root / "tmp"
+        self._keyring = keyring or (lambda: None)
 
     def path_for(self, sha256: str) -> Path:
         if not _is_sha256(sha256):
@@ -96,19 +102,23 @@ class MediaStore:
             tmp_path.unlink(missing_ok=True)
 
     @staticmethod
-    def _write(fh: Any, hasher: Any, data: bytes) -> None:
-        hasher.update(data)
-        fh.write(data)
+    def _write(out: Any, hasher: Any, data: bytes) -> None:
+        hasher.update(data)  # the content address is the hash of the plaintext
+        out.write(data)
 
     async def write_stream(self, chunks: AsyncIterable[bytes], max_bytes: int) -> tuple[str, int]:
         """Store everything `chunks` yields; (sha256, size). TooLarge as soon as the total goes
         over `max_bytes`, and then nothing is kept. Any other failure also keeps nothing."""
         tmp_path, fh = await asyncio.to_thread(self._new_temp)
+        live = self._keyring()
+        out = fh
         hasher = hashlib.sha256()
         size = 0
         pending: list[bytes] = []
         pending_len = 0
         try:
+            if live is not None:  # sealed as it streams in: plaintext never reaches the disk
+                out = await asyncio.to_thread(FileSealer, fh, live)
             async for chunk in chunks:
                 if not chunk:
                     continue
@@ -120,9 +130,11 @@ class MediaStore:
                 if pending_len >= WRITE_BATCH:
                     data = b"".join(pending)
                     pending, pending_len = [], 0
-                    await asyncio.to_thread(self._write, fh, hasher, data)
+                    await asyncio.to_thread(self._write, out, hasher, data)
             if pending:
-                await asyncio.to_thread(self._write, fh, hasher, b"".join(pending))
+                await asyncio.to_thread(self._write, out, hasher, b"".join(pending))
+            if out is not fh:
+                await asyncio.to_thread(out.close_stream)
             sha256 = hasher.hexdigest()
             await asyncio.to_thread(self._commit, tmp_path, fh, sha256)
         except BaseException:
@@ -142,12 +154,21 @@ class MediaStore:
     async def exists(self, sha256: str) -> bool:
         return await asyncio.to_thread(self.path_for(sha256).is_file)
 
+    def open(self, sha256: str) -> BinaryIO:
+        """Blocking (call it in a worker thread): a seekable file of the plaintext.
+        FileNotFoundError when absent."""
+        return open_plain(self.path_for(sha256), self._keyring(), sha256)
+
     async def read(self, sha256: str) -> bytes:
-        return await asyncio.to_thread(self.path_for(sha256).read_bytes)
+        def whole() -> bytes:
+            with self.open(sha256) as fh:
+                return fh.read()
+
+        return await asyncio.to_thread(whole)
 
     async def iter_file(self, sha256: str, chunk_size: int = READ_CHUNK):
-        """The file's bytes in chunks, each read in a worker thread."""
-        fh = await asyncio.to_thread(open, self.path_for(sha256), "rb")
+        """The file's plaintext in chunks, each read in a worker thread."""
+        fh = await asyncio.to_thread(self.open, sha256)
         try:
             while True:
                 chunk = await asyncio.to_thread(fh.read, chunk_size)
@@ -156,6 +177,28 @@ class MediaStore:
                 yield chunk
         finally:
             await asyncio.to_thread(fh.close)
+
+
+    def iter_blobs(self) -> Iterator[tuple[str, Path]]:
+        """(sha256, path) of every stored file (media and thumbnails). Blocking."""
+        for first in sorted(self.root.iterdir()):
+            if not (first.is_dir() and len(first.name) == 2):
+                continue
+            for second in sorted(first.iterdir()):
+                for path in sorted(second.iterdir()):
+                    if _is_sha256(path.name) and path.is_file():
+                        yield path.name, path
+
+    def reseal(self, sha256: str) -> bool:
+        """Re-seal one file under the newest key (legacy plaintext too); False when it already
+        is. Blocking (nexa rotate-key runs it in worker threads)."""
+        live = self._keyring()
+        if live is None:
+            raise RuntimeError("no at-rest keys to seal with")
+        try:
+            return reseal(self.path_for(sha256), self.tmp, live, sha256)
+        except FileNotFoundError:
+            return False
 
 
 # --- media rows ------------------------------------------------------------------------------

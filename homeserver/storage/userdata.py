@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from homeserver.storage import sql
+from homeserver.storage.sealed import ACCOUNT_DATA
 
 # Stay well under SQLite's bound-variable limit when a query lists many rooms or users.
 CHUNK = 500
@@ -32,7 +33,7 @@ async def get_account_data(user_id: str, room_id: str, type_: str) -> str | None
         "SELECT content FROM account_data WHERE user_id = ? AND room_id = ? AND type = ?",
         [user_id, room_id, type_],
     )
-    return rows[0]["content"] if rows else None
+    return ACCOUNT_DATA.open(rows[0]["content"], user_id, room_id, type_) if rows else None
 
 
 async def upsert_account_data(user_id: str, room_id: str, type_: str, content: str,
@@ -41,17 +42,21 @@ async def upsert_account_data(user_id: str, room_id: str, type_: str, content: s
         "INSERT INTO account_data (user_id, room_id, type, content, stream_id) VALUES (?,?,?,?,?) "
         "ON CONFLICT (user_id, room_id, type) DO UPDATE SET content = excluded.content, "
         "stream_id = excluded.stream_id",
-        [user_id, room_id, type_, content, stream_id], conn,
+        [user_id, room_id, type_, ACCOUNT_DATA.seal(content, user_id, room_id, type_),
+         stream_id], conn,
     )
 
 
 async def account_data_changes(user_id: str, since: int | None, upto: int) -> list[dict[str, Any]]:
     cond, vals = _range("stream_id", since, upto)
-    return await sql.fetch(
+    rows = await sql.fetch(
         f"SELECT room_id, type, content FROM account_data WHERE user_id = ? AND {cond} "
         "ORDER BY stream_id",
         [user_id, *vals],
     )
+    for r in rows:
+        r["content"] = ACCOUNT_DATA.open(r["content"], user_id, r["room_id"], r["type"])
+    return rows
 
 
 async def set_privacy_columns(user_id: str, searchable: bool, invite_policy: str, conn=None) -> None:

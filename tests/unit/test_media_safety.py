@@ -216,7 +216,9 @@ def test_truncated_image(tmp_path):
 
 
 def test_pixel_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(media_mod, "MAX_THUMBNAIL_SOURCE_PIXELS", 100 * 100)
+    from homeserver.handlers import media_thumbnails
+
+    monkeypatch.setattr(media_thumbnails, "MAX_THUMBNAIL_SOURCE_PIXELS", 100 * 100)
     with pytest.raises(SourceTooLarge):
         _thumb(tmp_path, _save(Image.new("L", (101, 100)), "PNG"), 10, 10)
     _thumb(tmp_path, _save(Image.new("L", (100, 100)), "PNG"), 10, 10)
