@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tortoise.exceptions import IntegrityError
+
 from homeserver.errors import MatrixError, forbidden, not_found
 from homeserver.events.canonical import canonical_json
 from homeserver.events.power_levels import as_int, get_send_level, validate_power_levels_content
@@ -113,6 +115,32 @@ class RoomHandler:
         self._check_creation(req, creator, version, alias, power, defaults, initial_state)
 
         room_id = new_room_id(hs.server_name)
+        if alias:
+            # Claimed before the room exists: of two requests racing for one alias, exactly
+            # one gets it (the unique index decides) and the other gets M_ROOM_IN_USE.
+            await self._claim_alias(alias, room_id, creator,
+                                     MatrixError(400, "M_ROOM_IN_USE", "Room alias already taken"))
+        try:
+            await self._create_room_events(req, requester, version, room_id, alias, power,
+                                           defaults, initial_state)
+        except BaseException:
+            if alias:
+                await RoomAlias.filter(alias=alias, room_id=room_id).delete()
+            raise
+        return room_id, alias
+
+    async def _claim_alias(self, alias: str, room_id: str, creator: str,
+                           taken: MatrixError) -> None:
+        try:
+            await RoomAlias.create(alias=alias, room_id=room_id, creator=creator)
+        except IntegrityError:
+            raise taken from None
+
+    async def _create_room_events(self, req: Any, requester: Requester, version: Any,
+                                  room_id: str, alias: str | None, power: dict,
+                                  defaults: list, initial_state: list) -> None:
+        hs = self.hs
+        creator = requester.user_id
         await Room.create(room_id=room_id, room_version=version.identifier, creator=creator,
                           is_public=req.visibility == "public", created_ts=now_ms())
         hs.state.set_room_version(room_id, version)
@@ -135,7 +163,6 @@ class RoomHandler:
                    state_key=creator)
         await send(room_id, creator, "m.room.power_levels", power, state_key="")
         if alias:
-            await RoomAlias.create(alias=alias, room_id=room_id, creator=creator)
             await send(room_id, creator, "m.room.canonical_alias", {"alias": alias}, state_key="")
         for etype, content in defaults:
             await send(room_id, creator, etype, content, state_key="")
@@ -147,7 +174,6 @@ class RoomHandler:
             await send(room_id, creator, "m.room.topic", {"topic": req.topic}, state_key="")
         for uid in req.invite:
             await self.invite(requester, room_id, uid, is_direct=req.is_direct)
-        return room_id, alias
 
     @staticmethod
     def _member_content(membership: str, profile) -> dict[str, Any]:
@@ -414,7 +440,8 @@ class RoomHandler:
         if await RoomAlias.exists(alias=alias):
             raise MatrixError(409, "M_UNKNOWN", "Room alias already exists")
         self.hs.appservices.check_alias_not_exclusive(alias, requester)
-        await RoomAlias.create(alias=alias, room_id=room_id, creator=requester.user_id)
+        await self._claim_alias(alias, room_id, requester.user_id,
+                                MatrixError(409, "M_UNKNOWN", "Room alias already exists"))
 
     async def get_alias(self, alias: str) -> dict[str, Any]:
         if not is_valid_room_alias(alias):

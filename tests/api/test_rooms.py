@@ -125,3 +125,28 @@ async def test_alias_management(api):
     assert r.status == 403
     assert (await alice.request("DELETE", f"/directory/room/{alias}")).status == 200
     assert (await alice.get(f"/directory/room/{alias}")).status == 404
+
+
+async def test_racing_for_one_alias_gives_exactly_one_winner(api):
+    """Two createRoom calls (and two alias PUTs) racing for one alias: one succeeds, the others
+    get the alias-taken error, never a 500, and the alias points at the winner's room."""
+    import asyncio
+
+    alice = await api.register()
+    bob = await api.register()
+    local = f"race{secrets.token_hex(3)}"
+    results = await asyncio.gather(*[
+        u.post("/createRoom", {"room_alias_name": local, "preset": "public_chat"})
+        for u in (alice, bob, alice, bob)])
+    assert sorted(r.status for r in results) == [200, 400, 400, 400], results
+    assert {r.json["errcode"] for r in results if r.status == 400} == {"M_ROOM_IN_USE"}
+    winner = next(r.json["room_id"] for r in results if r.status == 200)
+    alias = f"#{local}:{api.server.server_name}"
+    assert (await bob.get(f"/directory/room/{alias}")).json["room_id"] == winner
+
+    room_a = await alice.create_room()
+    other = f"#race{secrets.token_hex(3)}:{api.server.server_name}"
+    puts = await asyncio.gather(*[alice.put(f"/directory/room/{other}", {"room_id": room_a})
+                                  for _ in range(4)])
+    assert sorted(r.status for r in puts) == [200, 409, 409, 409], puts
+    assert (await alice.get(f"/directory/room/{other}")).json["room_id"] == room_a
