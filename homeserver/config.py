@@ -60,6 +60,21 @@ class RegistrationConfig(_Section):
     tokens: list[str] = []
 
 
+class PasswordPolicyConfig(_Section):
+    """What a new password must have (registration and password changes; not application
+    services, which register users without passwords, nor `nexa register-user`)."""
+
+    enabled: bool = True
+    minimum_length: int = Field(8, ge=1, le=512)
+    require_digit: bool = True
+    require_lowercase: bool = True
+    require_uppercase: bool = False
+    # Anything that is not a letter or a digit (a space counts).
+    require_symbol: bool = False
+    # Refuse the most common passwords (homeserver/handlers/common_passwords.txt), any case.
+    refuse_common: bool = True
+
+
 class RateLimit(_Section):
     per_second: float = Field(gt=0)
     burst: int = Field(ge=1)
@@ -155,6 +170,7 @@ class Config(_Section):
     listeners: list[ListenerConfig] = [ListenerConfig()]
     database: DatabaseConfig = DatabaseConfig()
     registration: RegistrationConfig = RegistrationConfig()
+    password_policy: PasswordPolicyConfig = PasswordPolicyConfig()
     limits: LimitsConfig = LimitsConfig()
     security: SecurityConfig = SecurityConfig()
     logging: LoggingConfig = LoggingConfig()

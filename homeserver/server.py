@@ -49,6 +49,7 @@ class HomeServer:
         from homeserver.handlers.filters import FilterHandler
         from homeserver.handlers.media import MediaHandler
         from homeserver.handlers.messages import MessagesHandler
+        from homeserver.handlers.notifications import NotificationHandler
         from homeserver.handlers.presence import PresenceHandler
         from homeserver.handlers.profile import ProfileHandler
         from homeserver.handlers.push_rules import PushRulesHandler
@@ -89,6 +90,7 @@ class HomeServer:
         self.directory = DirectoryHandler(self)
         self.filters = FilterHandler(self)
         self.push_rules = PushRulesHandler(self)
+        self.notifications = NotificationHandler(self)
         self.media = MediaHandler(self)
         # Federation
         self.keyring = Keyring(self)

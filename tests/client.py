@@ -97,7 +97,7 @@ class Api:
                 data = await r.text()
             return Response(r.status, data, r.headers)
 
-    async def register(self, username: str | None = None, password: str = "correct horse") -> User:
+    async def register(self, username: str | None = None, password: str = "correct horse 42") -> User:
         username = username or f"u{secrets.token_hex(5)}"
         r = await self.request("POST", "/register", {
             "username": username, "password": password, "auth": {"type": "m.login.dummy"}})

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from homeserver.errors import AuthRequired, MatrixError, forbidden
 from homeserver.handlers.auth import Requester
+from homeserver.handlers.password_policy import check_password
 from homeserver.storage import accounts as store
 from homeserver.handlers.usernames import validate_localpart
 from homeserver.types import new_device_id, split_id
@@ -48,6 +49,10 @@ class AccountHandler:
             self._uia.clear()
         self._uia[sess] = []
         return sess
+
+    def check_new_password(self, password: str) -> None:
+        """The configured password policy (400 M_WEAK_PASSWORD naming what is missing)."""
+        check_password(password, self.hs.config.password_policy)
 
     def check_registration_auth(self, auth: Any) -> None:
         flows = self.registration_flows()
@@ -180,6 +185,7 @@ class AccountHandler:
                               logout_devices: bool) -> None:
         if len(new_password) > MAX_PASSWORD_LENGTH:
             raise MatrixError(400, "M_INVALID_PARAM", "Password too long")
+        self.check_new_password(new_password)
         await store.set_password_hash(requester.user_id,
                                       await self.hs.auth.hash_password(new_password))
         if logout_devices:

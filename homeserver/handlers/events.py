@@ -56,6 +56,11 @@ class EventHandler:
     def room_lock(self, room_id: str) -> asyncio.Lock:
         return self._room_locks[room_id]
 
+    @property
+    def persist_lock(self) -> asyncio.Lock:
+        """Held while an event is written and the caches follow it."""
+        return self._persist_lock
+
     async def send_event(
         self,
         room_id: str,
@@ -208,6 +213,10 @@ class EventHandler:
                                       "prev_sender": prev_state.sender}
         timeline = not (outlier or backfilled or soft_failed)
         hooked = [await hook(pdu, event_id) for hook in self.outbox_hooks] if timeline else []
+        # Unread counts of the room's local members, written in the event's transaction.
+        counts = await hs.notifications.for_event(
+            pdu, event_id, new_current if new_current is not None else state_before
+        ) if timeline else None
         old_current = await hs.state.current_state_ids(room_id) if new_current is not None else {}
         delta = {k: v for k, v in (new_current or {}).items() if old_current.get(k) != v}
         delta_rows = await hs.state.get_events(v for k, v in delta.items()
@@ -267,11 +276,15 @@ class EventHandler:
                     batch.redacts = target
             for statements, _ in hooked:
                 batch.extra.extend(statements)
+            counts_stmt = counts.statement(ordering) if counts is not None else None
+            if counts_stmt is not None:
+                batch.extra.append(counts_stmt)
             for dest in destinations or ():
                 batch.extra.append((
                     "INSERT INTO federation_outbox (destination, event_id, created_ts) VALUES (?,?,?)",
                     [dest, event_id, now_ms()]))
-            await event_store.persist(batch)
+            with hs.notifications.persisting(counts):  # the cached counts follow the commit
+                await event_store.persist(batch)
             if not (outlier or backfilled):
                 hs.ids.events.mark_visible(ordering)
             # Caches follow the commit.

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from homeserver.errors import MatrixError, invalid_param, not_found
+from homeserver.events.push_eval import CompiledRule, compile_rules
 from homeserver.handlers.state import LRU
+from homeserver.storage import notifications as counts_store
 from homeserver.storage import userdata as store
 
 if TYPE_CHECKING:
@@ -249,6 +251,8 @@ class PushRulesHandler:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
         self._docs: LRU = LRU(10_000)  # user_id -> document
+        # user_id -> compiled rules in evaluation order (push_eval), asked for on every event
+        self._flat: LRU = LRU(10_000)
         self._lock = asyncio.Lock()  # read-modify-write of documents
 
     async def _doc(self, user_id: str) -> dict[str, Any]:
@@ -261,6 +265,33 @@ class PushRulesHandler:
 
     async def ruleset(self, user_id: str) -> dict[str, list[dict[str, Any]]]:
         return build_ruleset(user_id, await self._doc(user_id))
+
+    async def evaluation_rules(self, user_ids: list[str]
+                               ) -> dict[str, tuple[CompiledRule, ...]]:
+        """Each user's enabled rules in evaluation order; documents not cached yet are read
+        in one query for all of them (an event in a big room asks for every member)."""
+        out: dict[str, tuple[CompiledRule, ...]] = {}
+        missing = []
+        for u in user_ids:
+            flat = self._flat.get_item(u)
+            if flat is None:
+                missing.append(u)
+            else:
+                out[u] = flat
+        unknown = [u for u in missing if self._docs.get_item(u) is None]
+        if unknown:
+            stored = await counts_store.push_rules_many(unknown)
+            for u in unknown:
+                if self._docs.get_item(u) is None:  # not written meanwhile
+                    text = stored.get(u)
+                    self._docs.put(u, orjson.loads(text) if text else empty_doc())
+        for u in missing:
+            doc = await self._doc(u)
+            flat = compile_rules(build_ruleset(u, doc))
+            if self._docs.get_item(u) is doc:  # not changed while we waited
+                self._flat.put(u, flat)
+            out[u] = flat
+        return out
 
     async def push_rules_content(self, user_id: str) -> dict[str, Any]:
         """Content of the m.push_rules account data event (and of GET /pushrules/)."""
@@ -281,6 +312,7 @@ class PushRulesHandler:
 
             await self.hs.account_data.write(user_id, "", "m.push_rules", "{}", extra=extra)
             self._docs.put(user_id, doc)
+            self._flat.pop(user_id, None)
 
     async def set_rule(self, user_id: str, kind: str, rule_id: str, body: dict[str, Any],
                        before: str | None = None, after: str | None = None) -> None:

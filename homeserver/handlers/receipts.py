@@ -117,10 +117,17 @@ class ReceiptsHandler:
             old = await store.get_receipt_event(room_id, receipt_type, user_id, thread_id)
             if not await self._is_after(row, old):
                 return
+            # A receipt for the room (not one thread) resets its unread counts.
+            plan = (await self.hs.notifications.plan_receipt(user_id, room_id, row)
+                    if thread_id in ("", "main") else None)
             sid = ids.next()
-            async with in_transaction() as conn:
-                await store.upsert_receipt(room_id, receipt_type, user_id, thread_id,
-                                           row.event_id, now_ms(), sid, conn)
+            with self.hs.notifications.receipt_change(user_id, plan):
+                async with in_transaction() as conn:
+                    await store.upsert_receipt(room_id, receipt_type, user_id, thread_id,
+                                               row.event_id, now_ms(), sid, conn)
+                    if plan is not None:
+                        await self.hs.notifications.apply_receipt(user_id, room_id, row, plan,
+                                                                  conn)
             ids.mark_visible(sid)
         if receipt_type == READ_PRIVATE:
             self.hs.notifier.notify("receipts", sid, users=[user_id])

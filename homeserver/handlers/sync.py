@@ -190,6 +190,11 @@ class SyncHandler:
                     (since is not None and changed_since) or (since is None and include_leave)):
                 leave[room_id] = await self._left_room(requester, room_id, since, m, flt)
 
+        if join:
+            # Always the current counts (a receipt that lowers them also puts the room here).
+            unread = await hs.notifications.counts(user_id, list(join))
+            for room_id, data in join.items():
+                data["unread_notifications"] = unread[room_id]
         presence = await hs.presence.get_presence_for_sync(
             user_id, since.presence if since else None, now.presence)
         out = {
@@ -328,7 +333,7 @@ class SyncHandler:
             "state": {"events": await fmt(state)},
             "ephemeral": {"events": ephemeral},
             "account_data": {"events": account_data},
-            "unread_notifications": {"notification_count": 0, "highlight_count": 0},
+            "unread_notifications": {"notification_count": 0, "highlight_count": 0},  # see _compute
         }
         if full or any(r.type == "m.room.member" for r in timeline):
             out["summary"] = await self._summary(room_id, requester.user_id)

@@ -60,3 +60,24 @@ class PushRules(Model):
 
     class Meta:
         table = "push_rules"
+
+
+class NotificationCount(Model):
+    """Unread notification and highlight counts of one user in one room.
+
+    Maintained as events are persisted (same transaction) and reset by read receipts and by
+    the user's own events. The counts cover timeline events after reset_ordering; last_ordering
+    is the newest event counted, so a receipt can tell whether it covers everything counted.
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    user_id = fields.CharField(max_length=255)
+    room_id = fields.CharField(max_length=255)
+    notification_count = fields.IntField(default=0)
+    highlight_count = fields.IntField(default=0)
+    reset_ordering = fields.BigIntField(default=0)
+    last_ordering = fields.BigIntField(default=0)
+
+    class Meta:
+        table = "notification_counts"
+        unique_together = (("user_id", "room_id"),)

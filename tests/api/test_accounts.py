@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import secrets
 
+from tests.servers import start_server
+
 
 async def test_register_needs_uia_then_succeeds(api):
     name = f"u{secrets.token_hex(4)}"
-    r = await api.request("POST", "/register", {"username": name, "password": "pw"})
+    r = await api.request("POST", "/register", {"username": name, "password": "pass phrase 1"})
     assert r.status == 401
     assert r.json["flows"] == [{"stages": ["m.login.dummy"]}]
     assert r.json["session"]
-    r = await api.request("POST", "/register", {"username": name, "password": "pw",
+    r = await api.request("POST", "/register", {"username": name, "password": "pass phrase 1",
                                                 "auth": {"type": "m.login.dummy",
                                                          "session": r.json["session"]}})
     assert r.status == 200
@@ -80,20 +82,20 @@ async def test_change_password_logs_out_other_devices(api):
     r = await api.request("POST", "/login", {"type": "m.login.password", "user": user.user_id,
                                              "password": user.password})
     other = r.json["access_token"]
-    r = await user.post("/account/password", {"new_password": "new pw"})
+    r = await user.post("/account/password", {"new_password": "new pw 2024"})
     assert r.status == 401 and r.json["flows"] == [{"stages": ["m.login.password"]}]
-    r = await user.post("/account/password", {"new_password": "new pw", "auth": {
+    r = await user.post("/account/password", {"new_password": "new pw 2024", "auth": {
         "type": "m.login.password", "identifier": {"type": "m.id.user", "user": user.user_id},
         "password": "wrong"}})
     assert r.status == 401 and r.json["errcode"] == "M_FORBIDDEN"
-    r = await user.post("/account/password", {"new_password": "new pw", "auth": {
+    r = await user.post("/account/password", {"new_password": "new pw 2024", "auth": {
         "type": "m.login.password", "identifier": {"type": "m.id.user", "user": user.user_id},
         "password": user.password}})
     assert r.status == 200
     assert (await api.request("GET", "/account/whoami", token=other)).status == 401
     assert (await user.get("/account/whoami")).status == 200
     r = await api.request("POST", "/login", {"type": "m.login.password", "user": user.user_id,
-                                             "password": "new pw"})
+                                             "password": "new pw 2024"})
     assert r.status == 200
 
 
@@ -132,3 +134,80 @@ async def test_bad_bodies_get_matrix_errors(api):
     assert (r.status, r.json["errcode"]) == (404, "M_UNRECOGNIZED")
     r = await api.request("DELETE", "/login")
     assert (r.status, r.json["errcode"]) == (405, "M_UNRECOGNIZED")
+
+
+async def test_weak_passwords_refused_at_registration(api):
+    name = f"w{secrets.token_hex(4)}"
+    # Refused at the first request, before user-interactive auth, naming what is missing.
+    r = await api.request("POST", "/register", {"username": name, "password": "abc"})
+    assert (r.status, r.json["errcode"]) == (400, "M_WEAK_PASSWORD")
+    assert r.json["error"] == ("The password is too weak: it needs at least 8 characters "
+                               "and a digit")
+    r = await api.request("POST", "/register", {"username": name, "password": "Password1",
+                                                "auth": {"type": "m.login.dummy"}})
+    assert (r.status, r.json["errcode"]) == (400, "M_WEAK_PASSWORD")
+    assert "most common" in r.json["error"]
+    # A UIA session started with a good password, finished with a weak one: refused too.
+    r = await api.request("POST", "/register", {"username": name, "password": "good pass 1"})
+    assert r.status == 401
+    r = await api.request("POST", "/register", {"username": name, "password": "ALLCAPS123",
+                                                "auth": {"type": "m.login.dummy",
+                                                         "session": r.json["session"]}})
+    assert (r.status, r.json["errcode"]) == (400, "M_WEAK_PASSWORD")
+    assert r.json["error"].endswith("a lowercase letter")
+    # Nothing was created.
+    r = await api.request("GET", "/register/available", params={"username": name})
+    assert (r.status, r.json) == (200, {"available": True})
+    r = await api.request("POST", "/register", {"username": name, "password": "good pass 1",
+                                                "auth": {"type": "m.login.dummy"}})
+    assert r.status == 200
+
+
+async def test_weak_password_refused_on_change(api):
+    user = await api.register()
+    auth = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user.user_id},
+            "password": user.password}
+    r = await user.post("/account/password", {"new_password": "nodigits"})
+    assert (r.status, r.json["errcode"]) == (400, "M_WEAK_PASSWORD")  # before UIA
+    assert r.json["error"].endswith("a digit")
+    r = await user.post("/account/password", {"new_password": "nodigits", "auth": auth})
+    assert (r.status, r.json["errcode"]) == (400, "M_WEAK_PASSWORD")
+    # The old password still works, the session too.
+    r = await api.request("POST", "/login", {"type": "m.login.password", "user": user.user_id,
+                                             "password": user.password})
+    assert r.status == 200
+    assert (await user.get("/account/whoami")).status == 200
+
+
+async def test_password_policy_endpoint(api):
+    r = await api.request("GET", "/password_policy")  # no access token needed
+    assert r.status == 200
+    assert {k: v for k, v in r.json.items() if k.startswith("m.")} == {
+        "m.minimum_length": 8, "m.require_digit": True, "m.require_lowercase": True,
+        "m.require_uppercase": False, "m.require_symbol": False}
+    assert "password1" in r.json["im.nexa.common_passwords"]
+
+
+async def test_policy_can_be_configured(backend, tmp_path):
+    srv = await start_server(tmp_path, backend, password_policy={
+        "minimum_length": 12, "require_symbol": True, "refuse_common": False})
+    try:
+        from tests.client import Api
+
+        async with Api(srv) as api:
+            r = await api.request("POST", "/register", {"username": "strict", "password":
+                                                        "abcdefgh123", "auth": {"type": "m.login.dummy"}})
+            assert (r.status, r.json["errcode"]) == (400, "M_WEAK_PASSWORD")
+            assert r.json["error"].endswith("at least 12 characters and a symbol")
+            await api.register("strict", "abcdefgh-123")
+            r = await api.request("GET", "/password_policy")
+            assert r.json["m.minimum_length"] == 12 and r.json["m.require_symbol"] is True
+            assert "im.nexa.common_passwords" not in r.json
+        await srv.stop()
+        srv.config_data["password_policy"] = {"enabled": False}
+        await srv.start()
+        async with Api(srv) as api:
+            await api.register("lax", "x")
+            assert (await api.request("GET", "/password_policy")).json == {}
+    finally:
+        await srv.destroy()

@@ -139,13 +139,13 @@ async def test_poll_bot_as_a_plain_user(backend, tmp_path):
     runner = None
     try:
         async with Api(srv) as api:
-            botacct = await api.register("pollbot", password="bot password")
+            botacct = await api.register("pollbot", password="bot password 7")
             alice = await api.register()
             bob = await api.register()
             config = load_bridge_config(data={
                 "homeserver": {"url": srv.base_url}, "database": str(tmp_path / "poll.db"),
                 "bot": {"mode": "client", "user_id": botacct.user_id,
-                        "password": "bot password", "sync_timeout_ms": 1000}})
+                        "password": "bot password 7", "sync_timeout_ms": 1000}})
             runner = poll.create(config)
             await runner.start()
             await asyncio.wait_for(runner.synced.wait(), 10)

@@ -15,7 +15,7 @@ async def nio_user(server):
     UIA) and returns the logged-in AsyncClient. Every client is closed after the test."""
     clients: list[nio.AsyncClient] = []
 
-    async def make(prefix: str = "nio", password: str = "correct horse battery",
+    async def make(prefix: str = "nio", password: str = "correct horse battery 9",
                    username: str | None = None) -> nio.AsyncClient:
         client = new_client(server.base_url)
         clients.append(client)

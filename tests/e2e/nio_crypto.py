@@ -102,7 +102,7 @@ class Crypto:
 
 
 async def register(base_url: str, prefix: str = "e2e",
-                   password: str = "correct horse battery") -> Crypto:
+                   password: str = "correct horse battery 9") -> Crypto:
     client = nio.AsyncClient(base_url, config=e2e_config())
     ok(await client.register(random_name(prefix), password, device_name="nio e2e"),
        nio.RegisterResponse)

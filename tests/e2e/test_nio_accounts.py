@@ -41,7 +41,7 @@ async def test_register_login_whoami(server, nio_client):
 async def test_wrong_password_and_taken_username(server, nio_client):
     name = random_name("reg")
     first = nio_client()
-    ok(await first.register(name, "right"), nio.RegisterResponse)
+    ok(await first.register(name, "right horse 1"), nio.RegisterResponse)
 
     bad = nio_client(name)
     err = ok(await bad.login("wrong"), nio.LoginError)
@@ -53,10 +53,17 @@ async def test_wrong_password_and_taken_username(server, nio_client):
     err2 = ok(await again.register(name, "other"), nio.responses.RegisterErrorResponse)
     assert err2.status_code == "M_USER_IN_USE"
 
+    # A free name with a weak password: refused with the reason, and no account is made.
+    weak = nio_client()
+    free = random_name("reg")
+    err3 = ok(await weak.register(free, "short1"), nio.responses.RegisterErrorResponse)
+    assert err3.status_code == "M_WEAK_PASSWORD" and "at least 8 characters" in err3.message
+    ok(await weak.register(free, "longer and 1 digit"), nio.RegisterResponse)
+
 
 async def test_logout_invalidates_token(server, nio_client):
     c = nio_client()
-    ok(await c.register(random_name("out"), "pw pw pw"), nio.RegisterResponse)
+    ok(await c.register(random_name("out"), "pw pw pw 1"), nio.RegisterResponse)
     token = c.access_token
     ok(await c.logout(), nio.LogoutResponse)
     # A fresh client reusing the old token is rejected with M_UNKNOWN_TOKEN.

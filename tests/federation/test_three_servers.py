@@ -28,6 +28,9 @@ async def test_messages_reach_every_server_and_state_matches(apis):
     want = {"hello from 1", "hello from 2", "hello from 3"}
     for t in timelines.values():
         await t.wait_for(lambda t: want <= set(t.bodies(room_id)), "all three messages")
+    # Events that came over federation count as unread too (alice's own message came first).
+    unread = (await alice.sync())["rooms"]["join"][room_id]["unread_notifications"]
+    assert unread == {"notification_count": 2, "highlight_count": 0}
 
     # Everyone ends with the same room state.
     states = [await state_ids(u, room_id) for u in (alice, bob, carol)]

@@ -76,7 +76,7 @@ async def test_overlong_event_fields_are_too_large(alice, server):
 
 async def test_long_passwords_work(api):
     name = f"pw{secrets.token_hex(4)}"
-    password = "p" * 100  # beyond bcrypt's 72 bytes
+    password = "p" * 99 + "1"  # beyond bcrypt's 72 bytes
     r = await api.request("POST", "/register", {"username": name, "password": password,
                                                 "auth": {"type": "m.login.dummy"}})
     assert r.status == 200, r

@@ -45,6 +45,9 @@ async def _check_upgrade(url: str) -> None:
         # New tables exist and work.
         await sql.execute("INSERT INTO federation_destinations (destination, retry_at_ts, "
                           "backoff_ms) VALUES (?,?,?)", ["other:1", 0, 0])
+        await sql.execute("INSERT INTO notification_counts (user_id, room_id, "
+                          "notification_count, highlight_count, reset_ordering, last_ordering) "
+                          "VALUES (?,?,?,?,?,?)", ["@old:hs", "!r:hs", 1, 0, 0, 1])
     finally:
         new.deactivate(token)
         await new.close()

@@ -203,11 +203,19 @@ async def test_sign_in_errors(open_tab, api, tmp_path, backend):
     await suggestion.click()
     await expect(page.get_by_label("Username")).to_have_value(picked)
     await expect(page.get_by_text(f"{picked} is available.")).to_be_visible()
+    # The rules come from the server's policy: the hint says what a password needs.
+    hint = page.locator(".pass-problem")
+    await expect(hint).to_have_text(
+        "At least 8 characters, with a digit and a lowercase letter; longer is stronger.")
     await page.get_by_label("Password", exact=True).fill("password1")
     await expect(page.locator(".strength-label")).to_have_text(re.compile("weak", re.I))
+    await expect(hint).to_have_text("That is one of the most common passwords. Choose another.")
     await page.get_by_label("Repeat password").fill("password1")
     await page.get_by_role("button", name="Create account").click()
-    await expect(page.locator(".form-error")).to_contain_text("easy to guess")
+    await expect(page.locator(".form-error")).to_contain_text("most common passwords")
+    await page.get_by_label("Password", exact=True).fill("LONGER BUT NO")
+    await expect(hint).to_have_text("The password needs a digit and a lowercase letter.")
+    await expect(page.locator(".strength-label")).to_have_text(re.compile("weak", re.I))
     await page.get_by_label("Password", exact=True).fill("Long-and-unusual-77")
     await page.get_by_label("Repeat password").fill("Long-and-unusual-78")
     await page.get_by_role("button", name="Create account").click()
@@ -235,6 +243,52 @@ async def test_sign_in_errors(open_tab, api, tmp_path, backend):
     finally:
         await strict.destroy()
     _ = register
+
+
+async def test_password_rules_follow_the_server(open_tab, tmp_path, backend):
+    strict = await start_server(tmp_path, backend, password_policy={
+        "minimum_length": 12, "require_uppercase": True, "require_symbol": True})
+    try:
+        page = (await open_tab("desktop")).page
+        await page.goto(f"{strict.base_url}/#/register")
+        hint = page.locator(".pass-problem")
+        await expect(hint).to_have_text(
+            "At least 12 characters, with a digit, a lowercase letter, an uppercase letter, "
+            "and a symbol (not a letter or a digit); longer is stronger.")
+        password = page.get_by_label("Password", exact=True)
+        await password.fill("abcdefgh1")
+        await expect(hint).to_have_text("The password needs at least 12 characters, "
+                                        "an uppercase letter, and a symbol (not a letter or a digit).")
+        await expect(page.locator(".strength-label")).to_have_text(re.compile("weak", re.I))
+        # What this server accepts, the meter never calls weak.
+        await password.fill("Abcdefgh-123")
+        await expect(page.locator(".strength-label")).not_to_have_text(re.compile("weak", re.I))
+        await page.get_by_label("Username").fill("strictuser")
+        await page.get_by_text("strictuser is available.").wait_for()
+        await page.get_by_label("Repeat password").fill("Abcdefgh-123")
+        await page.get_by_role("button", name="Create account").click()
+        await page.locator(".sidebar .me-name").wait_for()
+    finally:
+        await strict.destroy()
+
+
+async def test_server_refusal_is_shown_in_its_words(open_tab):
+    tab = await open_tab("desktop")
+    page = tab.page
+    # A page that could not learn the policy: the server still refuses, and says why.
+    await page.route("**/password_policy", lambda route: route.fulfill(
+        status=200, content_type="application/json", body="{}"))
+    await page.goto(f"{tab.base_url}/#/register")
+    name = new_username()
+    await page.get_by_label("Username").fill(name)
+    await page.get_by_text(f"{name} is available.").wait_for()
+    await page.get_by_label("Password", exact=True).fill("abc")
+    await page.get_by_label("Repeat password").fill("abc")
+    await page.get_by_role("button", name="Create account").click()
+    await expect(page.locator(".form-error")).to_have_text(
+        "The server refused this password: The password is too weak: it needs at least "
+        "8 characters and a digit")
+    assert not tab.errors
 
 
 async def test_keyboard_only(open_tab, api):

@@ -59,7 +59,8 @@ async def test_jump_to_first_unread(open_tab, api):
     page = tab.page
     await login(tab, me_name)
     item = page.locator(".room-item").first
-    await expect(item.locator(".badge")).to_contain_text("30")
+    # The server's count: all 80, though only the newest page of history is loaded.
+    await expect(item.locator(".badge")).to_have_text("80")
     await item.click()
     await expect(page.locator(".msg-text", has_text="unread 79")).to_be_visible()
     jump = page.get_by_role("button", name="Jump to first unread")
@@ -71,6 +72,48 @@ async def test_jump_to_first_unread(open_tab, api):
     # Reading to the end clears the badge and sends a read receipt the other side can see.
     await page.locator(".timeline").evaluate("t => t.scrollTop = t.scrollHeight")
     await expect(item.locator(".badge")).to_have_count(0)
+    assert not tab.errors
+
+
+async def test_unread_badge_comes_from_the_server(open_tab, api):
+    me, other, room, me_name = await pair(api, direct=False)
+    tab = await open_tab("desktop")
+    page = tab.page
+    await login(tab, me_name)
+    item = page.locator(".room-item", has_text=other.user_id[1:].split(":")[0]).first
+    await expect(item).to_be_visible()
+    await expect(item.locator(".badge")).to_have_count(0)
+    for i in range(3):
+        await other.send_text(room, f"news {i}")
+    badge = item.locator(".badge")
+    await expect(badge).to_have_text("3")
+    await expect(badge).not_to_have_class(re.compile("badge-highlight"))
+    # A mention: highlighted, and counted by the server's push rules.
+    r = await other.put(f"/rooms/{room}/send/m.room.message/mention1", {
+        "msgtype": "m.text", "body": "are you there?",
+        "m.mentions": {"user_ids": [me.user_id]}})
+    assert r.status == 200
+    await expect(badge).to_have_text("4")
+    await expect(badge).to_have_class(re.compile("badge-highlight"))
+    assert (await me.sync())["rooms"]["join"][room]["unread_notifications"] == {
+        "notification_count": 4, "highlight_count": 1}
+    # Opening the room reads it: the badge goes, the server agrees, a reload keeps it at 0.
+    await item.click()
+    await expect(page.locator(".msg-text", has_text="are you there?")).to_be_visible()
+    await expect(badge).to_have_count(0)
+
+    async def server_count() -> dict:
+        return (await me.sync())["rooms"]["join"][room]["unread_notifications"]
+
+    for _ in range(100):
+        if (await server_count())["notification_count"] == 0:
+            break
+        await page.wait_for_timeout(50)
+    assert await server_count() == {"notification_count": 0, "highlight_count": 0}
+    await page.reload()
+    await page.locator(".sidebar .me-name").wait_for()
+    await expect(page.locator(".room-item", has_text=other.user_id[1:].split(":")[0])).to_be_visible()
+    await expect(page.locator(".room-item .badge")).to_have_count(0)
     assert not tab.errors
 
 

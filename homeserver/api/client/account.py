@@ -7,6 +7,7 @@ from quart import Blueprint
 
 from homeserver.api.common import Body, authed, body, client_ip, hs, json_object, respond, validate
 from homeserver.errors import MatrixError, forbidden
+from homeserver.handlers.password_policy import policy_json
 
 bp = Blueprint("account", __name__)
 
@@ -61,6 +62,10 @@ async def register():
         # Names in an application service's exclusive namespace are reserved (M_EXCLUSIVE).
         server.appservices.check_user_not_exclusive(
             await server.accounts.check_username(req.username))
+    if req.password:
+        # Before user-interactive auth: a client learns at its first request, and nothing is
+        # created with a weak password.
+        server.accounts.check_new_password(req.password)
     server.accounts.check_registration_auth(req.auth)
     if not req.password:
         raise MatrixError(400, "M_MISSING_PARAM", "A password is required")
@@ -71,6 +76,12 @@ async def register():
     if isinstance(res, str):
         return respond({"user_id": res, "home_server": server.server_name})
     return respond(_login_response(res))
+
+
+@bp.route("/password_policy", methods=["GET"])
+async def password_policy():
+    """MSC2000's policy endpoint (no authentication), read by the web UI's strength meter."""
+    return respond(policy_json(hs().config.password_policy))
 
 
 @bp.route("/register/available", methods=["GET"])
@@ -153,6 +164,9 @@ class PasswordBody(Body):
 @authed
 async def change_password(requester):
     data = await json_object()
+    new_password = data.get("new_password")
+    if isinstance(new_password, str) and 0 < len(new_password) <= 512:
+        hs().accounts.check_new_password(new_password)  # before UIA: no password asked in vain
     await hs().accounts.check_password_auth(requester, data.get("auth"))
     req = validate(PasswordBody, data)
     await hs().accounts.change_password(requester, req.new_password, req.logout_devices)

@@ -82,6 +82,9 @@ export class Api {
     }, { auth: false });
   }
 
+  /** The server's password policy (MSC2000 keys; {} when it has none). */
+  passwordPolicy() { return this.get('/password_policy', { auth: false }); }
+
   /** Registration with user-interactive auth: dummy stage, or a registration token. */
   async register(username, password, token = null) {
     const body = { username, password, initial_device_display_name: 'Nexa Web' };

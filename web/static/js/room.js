@@ -39,6 +39,8 @@ export class Room {
     this.summary = {};
     this.inviteState = [];
     this.inviter = null;
+    // The server's unread_notifications (push rules applied): {notifications, highlights}.
+    this.serverUnread = null;
     this.version = 0; // bumped on every change (for cheap "did anything change" checks)
   }
 
@@ -296,8 +298,17 @@ export class Room {
     return -1;
   }
 
-  /** {count, more}: unread messages from others; `more` when older ones were not loaded. */
-  unread(me) {
+  setServerUnread(counts) {
+    const n = Number.isInteger(counts?.notification_count) ? counts.notification_count : 0;
+    const hl = Number.isInteger(counts?.highlight_count) ? counts.highlight_count : 0;
+    if (this.serverUnread?.notifications === n && this.serverUnread?.highlights === hl) return;
+    this.serverUnread = { notifications: n, highlights: hl };
+    this.version += 1;
+  }
+
+  /** Messages from others after the read position, counted in the loaded timeline; `known`
+   * when the read position (or the start of the room) is loaded, so the count is exact. */
+  localUnread(me) {
     const from = this.readIndex(me);
     let count = 0;
     for (let i = from + 1; i < this.timeline.length; i += 1) {
@@ -305,7 +316,21 @@ export class Room {
       if (e.sender !== me && (e.type === 'm.room.message' || e.type === 'm.room.encrypted')
           && !isRedacted(e)) count += 1;
     }
-    const more = from < 0 && count > 0 && !this.historyDone && !!this.prevBatch;
-    return { count, more };
+    return { count, known: from >= 0 || this.historyDone };
+  }
+
+  /** {count, highlights, more}: the server's counts (what notifies under the user's push
+   * rules). A read receipt this client just sent lowers them at once when the loaded timeline
+   * shows it; the server's next sync says the same. Without server counts, a local estimate
+   * (`more`: older messages were not loaded). */
+  unread(me) {
+    const local = this.localUnread(me);
+    if (!this.serverUnread) {
+      const more = !local.known && local.count > 0 && !!this.prevBatch;
+      return { count: local.count, highlights: 0, more };
+    }
+    let count = this.serverUnread.notifications;
+    if (local.known) count = Math.min(count, local.count);
+    return { count, highlights: Math.min(this.serverUnread.highlights, count), more: false };
   }
 }

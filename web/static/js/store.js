@@ -52,6 +52,7 @@ export class Store extends EventTarget {
       if (!initial) for (const ev of added) newEvents.push({ room, event: ev });
       for (const ev of data.ephemeral?.events || []) this._ephemeral(room, ev);
       for (const ev of data.account_data?.events || []) room.accountData.set(ev.type, ev.content);
+      if (data.unread_notifications) room.setServerUnread(data.unread_notifications);
       changed.add(id);
     }
     for (const [id, data] of Object.entries(rooms.invite || {})) {

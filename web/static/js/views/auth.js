@@ -1,11 +1,11 @@
 // Log in and register. Registration checks the username live (availability + suggestions
-// from the server) and the password's strength before anything is sent; the server checks
-// both again.
+// from the server) and the password against the server's policy before anything is sent; the
+// server checks both again, and its refusal is shown as it words it.
 import { assetUrl } from '../assets.js';
 import { debounce, h, replace, uid } from '../dom.js';
 import { LANGUAGES, currentLanguage, setLanguage, t } from '../i18n.js';
 import { Api } from '../api.js';
-import { MIN_LENGTH, passwordProblem, passwordScore } from '../password.js';
+import { DEFAULT_POLICY, missing, passwordScore, policyFrom } from '../password.js';
 import { errorText } from '../ui.js';
 
 const USERNAME_RE = /^[a-z0-9._=\-/+]+$/;
@@ -86,18 +86,53 @@ function loginView(onLoggedIn, rerender) {
   return frame(t('login.title'), form, rerender);
 }
 
+function listText(items) {
+  try {
+    return new Intl.ListFormat(currentLanguage(), { type: 'conjunction' }).format(items);
+  } catch {
+    return items.join(', ');
+  }
+}
+
+/** Sentences for the policy: what a password needs, and what this one lacks. */
+function policyTexts(policy) {
+  const need = {
+    length: () => t('register.need_length', { count: policy.minLength }),
+    digit: () => t('register.need_digit'),
+    lower: () => t('register.need_lower'),
+    upper: () => t('register.need_upper'),
+    symbol: () => t('register.need_symbol'),
+  };
+  return {
+    hint() {
+      const classes = ['digit', 'lower', 'upper', 'symbol'].filter((k) => policy[k]).map((k) => need[k]());
+      if (classes.length) {
+        return t('register.password_hint_rules', { count: policy.minLength, list: listText(classes) });
+      }
+      return policy.minLength > 1 ? t('register.password_hint', { count: policy.minLength })
+        : t('register.password_hint_free');
+    },
+    problem(lacking) {
+      if (!lacking.length) return null;
+      if (lacking[0] === 'common') return t('register.password_common');
+      return t('register.password_needs', { list: listText(lacking.map((k) => need[k]())) });
+    },
+  };
+}
+
 function registerView(onLoggedIn, rerender) {
   const api = new Api();
+  let policy = DEFAULT_POLICY;
   const user = h('input', { name: 'username', autocomplete: 'username', required: true,
     autocapitalize: 'none', spellcheck: 'false', maxlength: '200' });
   const userHint = h('div', { class: 'hint', 'aria-live': 'polite' }, t('register.username_hint'));
   const pass = h('input', { name: 'password', type: 'password', autocomplete: 'new-password',
-    required: true, minlength: String(MIN_LENGTH) });
+    required: true, minlength: String(policy.minLength) });
   const meter = h('meter', { min: '0', max: '4', low: '2', high: '3', optimum: '4', value: '0',
     'aria-label': t('register.strength') });
   const strength = h('span', { class: 'strength-label' });
   const passHint = h('div', { class: 'hint' }, h('div', { class: 'strength' }, meter, strength),
-    h('span', { class: 'pass-problem', 'aria-live': 'polite' }, t('register.password_hint', { count: MIN_LENGTH })));
+    h('span', { class: 'pass-problem', 'aria-live': 'polite' }, policyTexts(policy).hint()));
   const confirm = h('input', { name: 'confirm', type: 'password', autocomplete: 'new-password', required: true });
   const tokenInput = h('input', { name: 'token', autocomplete: 'off' });
   const tokenField = field(t('register.token'), tokenInput);
@@ -152,13 +187,21 @@ function registerView(onLoggedIn, rerender) {
   }, 350);
 
   const updateStrength = () => {
-    const score = passwordScore(pass.value, user.value);
+    const score = passwordScore(pass.value, user.value, policy);
     meter.value = score;
     strength.textContent = pass.value ? t(`register.strength_${score}`) : '';
-    const problem = pass.value ? passwordProblem(pass.value, user.value) : null;
-    passHint.querySelector('.pass-problem').textContent = problem
-      ? t(problem, { count: MIN_LENGTH }) : t('register.password_hint', { count: MIN_LENGTH });
+    const texts = policyTexts(policy);
+    const problem = pass.value ? texts.problem(missing(pass.value, policy)) : null;
+    passHint.querySelector('.pass-problem').textContent = problem || texts.hint();
   };
+
+  // The server's policy decides; until it arrives, the one it ships by default.
+  const loadPolicy = () => api.passwordPolicy().then((json) => {
+    policy = policyFrom(json);
+    pass.setAttribute('minlength', String(policy.minLength));
+    updateStrength();
+  }).catch(() => {});
+  loadPolicy();
 
   user.addEventListener('input', check);
   pass.addEventListener('input', updateStrength);
@@ -170,7 +213,8 @@ function registerView(onLoggedIn, rerender) {
     let problem = null;
     if (!name || !USERNAME_RE.test(name)) problem = t('register.username_chars');
     else if (usernameOk === false) problem = t('register.taken_or_invalid');
-    else problem = passwordProblem(pass.value, name) && t(passwordProblem(pass.value, name), { count: MIN_LENGTH });
+    else if (!pass.value) problem = t('register.password_required');
+    else problem = policyTexts(policy).problem(missing(pass.value, policy));
     if (!problem && pass.value !== confirm.value) problem = t('register.mismatch');
     if (problem) {
       err.textContent = problem;
@@ -185,6 +229,11 @@ function registerView(onLoggedIn, rerender) {
         tokenField.hidden = false;
         tokenInput.focus();
         err.textContent = t('register.token_needed');
+      } else if (x.errcode === 'M_WEAK_PASSWORD') {
+        // The server's own words (its policy may have changed since this page loaded).
+        err.textContent = x.data?.error ? t('register.server_refused', { detail: x.data.error })
+          : errorText(x);
+        loadPolicy();
       } else {
         err.textContent = errorText(x);
         if (x.errcode === 'M_USER_IN_USE' || x.errcode === 'M_INVALID_USERNAME') check();

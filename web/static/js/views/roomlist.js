@@ -79,15 +79,20 @@ export function mountRoomList(container) {
     const last = room.lastEvent();
     const preview = isInvite ? t('list.invited_by', { name: room.memberName(room.inviter || '') })
       : previewText(room, last);
-    const { count, more } = isInvite ? { count: 0, more: false } : room.unread(me);
+    const { count, more, highlights } = isInvite ? { count: 0, more: false, highlights: 0 }
+      : room.unread(me);
     const muted = ctx.settings.isMuted(room.id);
     const ts = isInvite ? room.inviteTs : (last?.origin_server_ts || room.lastActivity());
     const sel = room.id === selected;
     const partner = direct ? ctx.store.directPartner(room) : null;
-    const version = [name, preview, count, more, muted, ts, sel, direct, room.avatarMxc(me, direct)].join('|');
+    const version = [name, preview, count, more, highlights, muted, ts, sel, direct,
+      room.avatarMxc(me, direct)].join('|');
     return { key: room.id, version, build: () => {
-      const badge = count ? h('span', { class: ['badge', muted && 'badge-muted'],
-        'aria-label': t('list.unread', { count }) }, more ? `${count}+` : String(count)) : null;
+      // Mentions and other highlights stand out, even in a muted conversation.
+      const badge = count ? h('span', { class: ['badge', highlights ? 'badge-highlight'
+        : muted && 'badge-muted'], 'aria-label': highlights
+        ? `${t('list.unread', { count })}, ${t('list.mentions', { count: highlights })}`
+        : t('list.unread', { count }) }, more ? `${count}+` : String(count)) : null;
       return h('li', { class: 'room-item-wrap' }, h('a', {
         class: ['room-item', sel && 'selected', count && 'unread', isInvite && 'invite'],
         href: `#/room/${encodeURIComponent(room.id)}`, 'aria-current': sel ? 'page' : null,

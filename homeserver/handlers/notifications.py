@@ -1,0 +1,225 @@
+"""Unread notification counts: push rules evaluated as events are persisted.
+
+For each timeline event, every local joined member other than the sender is evaluated against
+their push rules (events/push_eval.py); those notified get their (user, room) counter raised,
+highlights counted apart, in the event's own transaction, with one statement for all of them.
+The sender's own event counts as reading the room: their counter restarts at zero. A read
+receipt (m.read or m.read.private, unthreaded or for the main timeline) resets the counter to
+what is unread after the receipt. /sync reports the counters as `unread_notifications`.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator
+
+from homeserver.events.power_levels import CREATE_KEY, POWER_LEVELS_KEY, get_user_power_level
+from homeserver.events.push_eval import RoomFacts, evaluate
+from homeserver.handlers.notification_cache import CountsCache
+from homeserver.handlers.state import LRU
+from homeserver.storage import events as event_store
+from homeserver.storage import notifications as store
+from homeserver.storage.events import EventRow
+from homeserver.types import server_of
+
+if TYPE_CHECKING:
+    from homeserver.handlers.state import StateKey
+    from homeserver.server import HomeServer
+
+log = logging.getLogger(__name__)
+
+# A receipt on an older event than the newest one counted re-evaluates the events after it;
+# beyond this many the counter keeps what it had (the next receipt will settle it).
+MAX_RECOUNT_EVENTS = 1000
+
+
+@dataclass
+class PendingCounts:
+    """What one event does to the counters, before its stream position is known."""
+
+    room_id: str
+    cache: CountsCache
+    reset_user: str | None = None  # the local sender: their counter starts again
+    notified: list[tuple[str, bool]] = field(default_factory=list)  # (user, highlight)
+
+    def statement(self, ordering: int) -> tuple[str, list[Any]] | None:
+        """Under the persist lock, once the event has its stream position."""
+        rows = [(u, 1, 1 if hl else 0, 0) for u, hl in self.notified]
+        # A sender already at zero here needs no reset row (a later receipt for an older
+        # event recounts from the events themselves, so nothing relies on it).
+        if self.reset_user is not None and not self.cache.known_zero(self.room_id,
+                                                                     self.reset_user):
+            rows.append((self.reset_user, 0, 0, ordering))
+        return store.upsert_statement(self.room_id, rows, ordering) if rows else None
+
+
+@dataclass
+class RoomView:
+    """What evaluation needs of a room's state, rebuilt only when that state changes."""
+
+    key: frozenset[str]  # the member, power levels and create event IDs it was built from
+    joined: int
+    local: dict[str, str | None]  # local joined user -> display name in the room
+    auth: dict[StateKey, dict[str, Any]]  # power levels and create events
+    levels: dict[str, Any] | None  # power levels "notifications"
+
+
+_VIEW_TYPES = frozenset(("m.room.member", "m.room.power_levels", "m.room.create"))
+
+
+class NotificationHandler:
+    def __init__(self, hs: HomeServer) -> None:
+        self.hs = hs
+        self.cache = CountsCache()
+        self._views: LRU = LRU(2_000)  # room_id -> RoomView
+
+    # --- on persist ------------------------------------------------------------------------
+
+    async def _view(self, room_id: str, state: dict[StateKey, str],
+                    pending: tuple[str, dict[str, Any]] | None = None) -> RoomView:
+        """`pending`: (event_id, pdu) of the event being persisted, part of `state` but not
+        readable from the store yet."""
+        key = frozenset(eid for (t, _), eid in state.items() if t in _VIEW_TYPES)
+        view = self._views.get_item(room_id)
+        if view is not None and view.key == key:
+            return view
+        hs = self.hs
+        rows = {eid: row.pdu for eid, row in (await hs.state.get_events(key)).items()}
+        if pending is not None and pending[0] in key:
+            rows[pending[0]] = pending[1]
+        joined = 0
+        local: dict[str, str | None] = {}
+        auth: dict[StateKey, dict[str, Any]] = {}
+        ours = hs.server_name
+        for pdu in rows.values():
+            etype, state_key = pdu.get("type"), pdu.get("state_key")
+            if etype != "m.room.member":
+                if state_key == "" and (etype, "") in (POWER_LEVELS_KEY, CREATE_KEY):
+                    auth[(etype, "")] = pdu
+                continue
+            content = pdu.get("content") or {}
+            if content.get("membership") != "join" or not isinstance(state_key, str):
+                continue
+            joined += 1
+            if server_of(state_key) == ours:
+                name = content.get("displayname")
+                local[state_key] = name if isinstance(name, str) else None
+        pl = auth.get(POWER_LEVELS_KEY)
+        levels = (pl.get("content") or {}).get("notifications") if pl else None
+        view = RoomView(key, joined, local, auth, levels if isinstance(levels, dict) else None)
+        if len(rows) == len(key):  # a view with an event missing is used once, not kept
+            self._views.put(room_id, view)
+        return view
+
+    async def _facts(self, room_id: str, sender: str, view: RoomView) -> RoomFacts:
+        version = await self.hs.state.room_version(room_id)
+        power = get_user_power_level(sender, view.auth, version) if version is not None else 0
+        return RoomFacts(member_count=view.joined, sender_power=power,
+                         notification_levels=view.levels)
+
+    async def for_event(self, pdu: dict[str, Any], event_id: str, state: dict[StateKey, str]
+                        ) -> PendingCounts | None:
+        """The counter changes of a timeline event, given the room state it lands in."""
+        try:
+            return await self._for_event(pdu, event_id, state)
+        except Exception:  # counting must never stop an event from being stored
+            log.exception("push rule evaluation failed in %s", pdu.get("room_id"))
+            return None
+
+    async def _for_event(self, pdu: dict[str, Any], event_id: str, state: dict[StateKey, str]
+                         ) -> PendingCounts | None:
+        room_id, sender = pdu["room_id"], pdu["sender"]
+        pending = PendingCounts(room_id, self.cache)
+        if server_of(sender) == self.hs.server_name:
+            pending.reset_user = sender
+        view = await self._view(room_id, state, (event_id, pdu))
+        others = [u for u in view.local if u != sender]
+        if others:
+            facts = await self._facts(room_id, sender, view)
+            rules = await self.hs.push_rules.evaluation_rules(others)
+            memo: dict = {}  # conditions that do not depend on the member: once per event
+            for user_id in others:
+                out = evaluate(rules[user_id], pdu, view.local[user_id], facts, memo)
+                if out.notify:
+                    pending.notified.append((user_id, out.highlight))
+        if pending.reset_user is None and not pending.notified:
+            return None
+        return pending
+
+    @contextmanager
+    def persisting(self, pending: PendingCounts | None) -> Iterator[None]:
+        """Around the event's transaction, under the persist lock: the cached counts follow
+        once it has committed (not if it failed)."""
+        yield
+        if pending is None:
+            return
+        for user_id, highlight in pending.notified:
+            self.cache.add(pending.room_id, user_id, 1, 1 if highlight else 0)
+        if pending.reset_user is not None:
+            self.cache.clear(pending.room_id, pending.reset_user)
+
+    # --- read receipts ---------------------------------------------------------------------
+
+    async def plan_receipt(self, user_id: str, room_id: str, row: EventRow
+                           ) -> tuple[int, int, int | None] | None:
+        """What a receipt on `row` makes of the counter: (notifications, highlights, the
+        newest counted event the plan relies on, None: it covers all), or None: no change."""
+        current = await store.get_row(user_id, room_id)
+        p = row.stream_ordering
+        if current is None or current["reset_ordering"] >= p:
+            return None
+        if current["last_ordering"] <= p:
+            return (0, 0, None)
+        last = current["last_ordering"]
+        # Events after the receipt were counted: count again what is after it.
+        events = await event_store.get_room_events(room_id, after=p, before=last,
+                                                   limit=MAX_RECOUNT_EVENTS + 1,
+                                                   newest_first=False)
+        if len(events) > MAX_RECOUNT_EVENTS:
+            return None
+        view = await self._view(room_id, await self.hs.state.current_state_ids(room_id))
+        rules = (await self.hs.push_rules.evaluation_rules([user_id]))[user_id]
+        name = view.local.get(user_id)
+        notif = highlight = 0
+        facts: dict[str, RoomFacts] = {}
+        for ev in events:
+            if ev.sender == user_id:
+                notif = highlight = 0
+                continue
+            if ev.sender not in facts:
+                facts[ev.sender] = await self._facts(room_id, ev.sender, view)
+            out = evaluate(rules, ev.pdu, name, facts[ev.sender])
+            if out.notify:
+                notif += 1
+                highlight += 1 if out.highlight else 0
+        return (notif, highlight, last)
+
+    @staticmethod
+    async def apply_receipt(user_id: str, room_id: str, row: EventRow,
+                            plan: tuple[int, int, int | None], conn=None) -> None:
+        """In the receipt's transaction (inside receipt_change)."""
+        notif, highlight, expect_last = plan
+        await store.reset(user_id, room_id, row.stream_ordering, notif, highlight, expect_last,
+                          conn)
+
+    @contextmanager
+    def receipt_change(self, user_id: str, plan: Any) -> Iterator[None]:
+        """Around a receipt's transaction: the user's cached counts are read again after."""
+        if plan is None:
+            yield
+            return
+        try:
+            yield
+        finally:
+            self.cache.forget(user_id)
+
+    # --- /sync -----------------------------------------------------------------------------
+
+    async def counts(self, user_id: str, room_ids: list[str]) -> dict[str, dict[str, int]]:
+        """room_id -> the spec's unread_notifications object, for every room asked about."""
+        found = await self.cache.get(user_id, store.nonzero_counts,
+                                     self.hs.events.persist_lock) if room_ids else {}
+        return {r: {"notification_count": found.get(r, (0, 0))[0],
+                    "highlight_count": found.get(r, (0, 0))[1]} for r in room_ids}
