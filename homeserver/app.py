@@ -33,6 +33,7 @@ def create_app(config: Config, hs: HomeServer | None = None) -> Quart:
     from homeserver.api import federation as federation_api
     from homeserver.api import keys as keys_api
     from homeserver.api import media as media_api
+    from homeserver.api import thirdparty as thirdparty_api
     from homeserver.api import web as web_api
     from homeserver.api import wellknown
 
@@ -51,7 +52,7 @@ def create_app(config: Config, hs: HomeServer | None = None) -> Quart:
     for bp in federation_api.blueprints():
         app.register_blueprint(bp)
     for i, prefix in enumerate(CLIENT_PREFIXES):
-        for bp in client_api.blueprints():
+        for bp in [*client_api.blueprints(), thirdparty_api.bp]:
             app.register_blueprint(bp, url_prefix=prefix, name=f"{bp.name}_{i}")
     for bp in client_api.unstable_blueprints():
         app.register_blueprint(bp)

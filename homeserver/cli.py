@@ -343,6 +343,7 @@ def cmd_appservice_new(args: argparse.Namespace) -> int:
                        "rooms": spaces(args.rooms_regex)},
         "rate_limited": args.rate_limited,
         "protocols": args.protocol or [],
+        "receive_ephemeral": args.receive_ephemeral,
     }
     from pydantic import ValidationError
 
@@ -429,7 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="namespaces are shared (default: exclusive)")
     new.add_argument("--rate-limited", action="store_true",
                      help="rate-limit the service's users (default: exempt)")
-    new.add_argument("--protocol", action="append")
+    new.add_argument("--protocol", action="append",
+                     help="a third-party protocol the service bridges (repeatable)")
+    new.add_argument("--receive-ephemeral", action="store_true",
+                     help="also push typing, receipts and presence (default: events only)")
     new.add_argument("-o", "--output", help="write to this file (mode 0600) instead of stdout")
     new.set_defaults(fn=cmd_appservice_new)
     return p

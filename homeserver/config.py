@@ -330,6 +330,8 @@ def load_config(
 # --- application-service registrations ---------------------------------------------------------
 
 _AS_LOCALPART_RE = re.compile(r"^[a-z0-9._=\-/+]+$")
+_AS_PROTOCOL_RE = re.compile(r"^[A-Za-z0-9._~\-]{1,128}$")
+UNSTABLE_PUSH_EPHEMERAL = "de.sorunome.msc2409.push_ephemeral"
 
 
 class AppServiceNamespace(BaseModel):
@@ -372,7 +374,28 @@ class AppServiceRegistration(BaseModel):
     namespaces: AppServiceNamespaces = AppServiceNamespaces()
     rate_limited: bool = True
     protocols: list[str] = []
+    # MSC2409, in the spec since v1.13; bridges written before then use the unstable key.
     receive_ephemeral: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unstable_ephemeral(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "receive_ephemeral" not in data \
+                and UNSTABLE_PUSH_EPHEMERAL in data:
+            data = {**data, "receive_ephemeral": data[UNSTABLE_PUSH_EPHEMERAL]}
+        return data
+
+    @field_validator("protocols")
+    @classmethod
+    def _protocol_ids(cls, v: list[str]) -> list[str]:
+        # They become a path segment of /thirdparty/... requests to the service.
+        for p in v:
+            if not _AS_PROTOCOL_RE.match(p):
+                raise ValueError(f"protocol {p[:64]!r} must be 1-128 characters of A-Z, a-z, "
+                                 "0-9 and ._~-")
+        if len(set(v)) != len(v):
+            raise ValueError("a protocol is listed twice")
+        return v
 
     @field_validator("url")
     @classmethod

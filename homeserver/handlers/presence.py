@@ -123,6 +123,7 @@ class PresenceHandler:
         rooms = await store.joined_rooms_of([u for u, *_ in changes])
         for u, _st, _msg, _ts, sid in rows:
             self.hs.notifier.notify("presence", sid, rooms=rooms.get(u, []), users=[u])
+        self.hs.appservices.ephemeral.on_presence(rows)  # receive_ephemeral services
         await self.hs.federation_edus.on_local_presence(rows)
 
     # --- going offline ---------------------------------------------------------------------

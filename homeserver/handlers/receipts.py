@@ -133,6 +133,8 @@ class ReceiptsHandler:
             self.hs.notifier.notify("receipts", sid, users=[user_id])
         else:
             self.hs.notifier.notify("receipts", sid, rooms=[room_id], users=[user_id])
+        self.hs.appservices.ephemeral.on_receipt(room_id, receipt_type, user_id, row.event_id,
+                                                 thread_id)  # receive_ephemeral services
         await self.hs.federation_edus.on_local_receipt(room_id, receipt_type, user_id,
                                                        row.event_id, thread_id)
 

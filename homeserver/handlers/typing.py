@@ -109,6 +109,7 @@ class TypingHandler:
         self._pos += 1
         self._room_pos[room_id] = self._pos
         self.hs.notifier.notify("typing", self._pos, rooms=[room_id])
+        self.hs.appservices.ephemeral.on_typing(room_id)  # receive_ephemeral services
 
     def stop(self) -> None:
         """Cancel pending expiry timers (server shutdown)."""

@@ -5,7 +5,9 @@ event's own transaction. The sender turns up to N rows into a transaction: in ON
 transaction it stores the transaction's ID and body in `appservice_txns` and deletes the rows,
 so from then on the transaction is resent exactly as stored (same ID, same content) until the
 service acknowledges it, in this process or after a restart. `appservice_state` keeps the
-retry schedule.
+retry schedule. `appservice_ephemeral` holds typing / receipts / presence for services with
+receive_ephemeral, one row per key (newer values replace queued ones), taken into a transaction
+like the outbox rows.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ INSERT_OUTBOX = ("INSERT INTO appservice_outbox (appservice_id, event_id, create
 async def services_with_work() -> list[str]:
     rows = await sql.fetch("SELECT DISTINCT appservice_id FROM appservice_outbox")
     rows += await sql.fetch("SELECT DISTINCT appservice_id FROM appservice_txns")
+    rows += await sql.fetch("SELECT DISTINCT appservice_id FROM appservice_ephemeral")
     return sorted({r["appservice_id"] for r in rows})
 
 
@@ -55,7 +58,7 @@ async def delete_rows(appservice_id: str, row_ids: list[int], conn=None) -> None
 
 
 async def create_txn(appservice_id: str, txn_id: str, body_json: str, event_count: int,
-                     row_ids: list[int]) -> None:
+                     row_ids: list[int], ephemeral_ids: list[int] = ()) -> None:
     """Store the transaction and remove the rows it carries, atomically."""
     async with in_transaction() as conn:
         await sql.execute(
@@ -64,6 +67,7 @@ async def create_txn(appservice_id: str, txn_id: str, body_json: str, event_coun
             [appservice_id, txn_id, APPSERVICE_TXN_BODY.seal(body_json, appservice_id, txn_id),
              event_count, now_ms()], conn)
         await delete_rows(appservice_id, row_ids, conn)
+        await _delete_ephemeral(appservice_id, list(ephemeral_ids), conn)
 
 
 async def acknowledge(appservice_id: str, txn_id: str, ts: int) -> None:
@@ -97,6 +101,41 @@ async def queue_counts(appservice_id: str) -> dict[str, int]:
     txns = await sql.fetch("SELECT COUNT(*) AS n FROM appservice_txns WHERE appservice_id = ?",
                            [appservice_id])
     return {"queued_events": int(rows[0]["n"]), "pending_txns": int(txns[0]["n"])}
+
+
+# --- ephemeral data (typing, receipts, presence) for services with receive_ephemeral -------
+
+async def queue_ephemeral(rows: list[tuple[str, str, str]]) -> None:
+    """(appservice_id, coalesce_key, edu_json) rows, in one transaction. A queued row with the
+    same key is replaced: it is deleted and the new value gets a new ID, so a transaction being
+    built from the old row (which deletes it by ID) can never delete the newer value."""
+    if not rows:
+        return
+    ts = now_ms()
+    async with in_transaction() as conn:
+        await sql.execute_many("DELETE FROM appservice_ephemeral WHERE appservice_id = ? AND "
+                               "coalesce_key = ?", [(a, k) for a, k, _ in rows], conn)
+        await sql.execute_many(
+            "INSERT INTO appservice_ephemeral (appservice_id, coalesce_key, edu_json, "
+            "created_ts) VALUES (?,?,?,?)", [(a, k, j, ts) for a, k, j in rows], conn)
+
+
+async def unsent_ephemeral(appservice_id: str, limit: int) -> list[dict[str, Any]]:
+    return await sql.fetch(
+        "SELECT id, edu_json FROM appservice_ephemeral WHERE appservice_id = ? ORDER BY id "
+        "LIMIT ?", [appservice_id, limit])
+
+
+async def delete_ephemeral(appservice_id: str, row_ids: list[int]) -> None:
+    await _delete_ephemeral(appservice_id, row_ids, None)
+
+
+async def _delete_ephemeral(appservice_id: str, row_ids: list[int], conn) -> None:
+    for i in range(0, len(row_ids), 500):
+        chunk = row_ids[i:i + 500]
+        await sql.execute(
+            f"DELETE FROM appservice_ephemeral WHERE appservice_id = ? "
+            f"AND id IN ({sql.placeholders(len(chunk))})", [appservice_id, *chunk], conn)
 
 
 async def room_aliases(room_id: str) -> list[str]:

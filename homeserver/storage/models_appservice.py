@@ -43,3 +43,22 @@ class AppServiceState(Model):
 
     class Meta:
         table = "appservice_state"
+
+
+class AppServiceEphemeral(Model):
+    """Ephemeral data (typing, a receipt, presence) waiting for a service that asked for it.
+
+    A newer value with the same coalesce_key replaces the queued one."""
+
+    id = fields.BigIntField(primary_key=True)
+    appservice_id = fields.CharField(max_length=255)
+    # What a newer value replaces: a hash of ("typing", room) / ("receipt", room, user,
+    # thread) / ("presence", user).
+    coalesce_key = fields.CharField(max_length=64)
+    edu_json = fields.TextField()
+    created_ts = fields.BigIntField()
+
+    class Meta:
+        table = "appservice_ephemeral"
+        unique_together = (("appservice_id", "coalesce_key"),)
+        indexes = (("appservice_id", "id"),)

@@ -17,7 +17,7 @@ from aiohttp import web
 
 import tests.servers as servers
 from homeserver.config import FederationConfig
-from homeserver.handlers.federation import sender as sender_mod
+from homeserver.handlers import delivery_queue
 from homeserver.handlers.federation.edus import FederationEduHandler
 from homeserver.handlers.federation.sender import FederationSender
 from homeserver.handlers.federation.transport import FederationClient
@@ -347,7 +347,8 @@ async def test_persisted_backoff_is_honoured_after_restart_until_retry_now(
     sender = srv.hs.federation_sender
     hour = 3_600_000
     # No jitter and an hour's backoff after the first failure.
-    monkeypatch.setattr(sender_mod, "backoff_delay_ms", lambda ceiling, rand=None: ceiling)
+    # (the retry schedule is the shared delivery queue's)
+    monkeypatch.setattr(delivery_queue, "backoff_delay_ms", lambda ceiling, rand=None: ceiling)
     monkeypatch.setattr(sender, "retry_base_ms", hour)
     monkeypatch.setattr(sender, "retry_max_ms", hour)
     try:

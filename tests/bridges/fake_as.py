@@ -16,7 +16,9 @@ from tests.servers import free_port
 def write_registration(path: Path, *, id: str = "fake", url: str | None, sender: str = "fakebot",
                        users: list[tuple[str, bool]] = (), aliases: list[tuple[str, bool]] = (),
                        rooms: list[tuple[str, bool]] = (), rate_limited: bool = False,
-                       as_token: str | None = None, hs_token: str | None = None) -> dict:
+                       as_token: str | None = None, hs_token: str | None = None,
+                       **extra: Any) -> dict:
+    """extra: other registration keys as they are (receive_ephemeral, protocols, ...)."""
     data = {
         "id": id, "url": url,
         "as_token": as_token or "as_" + secrets.token_hex(16),
@@ -28,6 +30,7 @@ def write_registration(path: Path, *, id: str = "fake", url: str | None, sender:
             "rooms": [{"regex": r, "exclusive": ex} for r, ex in rooms],
         },
         "rate_limited": rate_limited,
+        **extra,
     }
     path.write_text(yaml.safe_dump(data))
     return data
@@ -41,7 +44,9 @@ class FakeAppService:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.attempts: list[tuple[str, list[dict]]] = []  # every PUT, in order
+        self.attempt_bodies: list[tuple[str, dict]] = []  # the same, whole bodies
         self.accepted: dict[str, list[dict]] = {}  # txn_id -> events (first accepted copy)
+        self.bodies: dict[str, dict] = {}  # txn_id -> whole body (first accepted copy)
         self.fail_next = 0
         self.bad_auth = 0
         self.user_queries: list[str] = []
@@ -49,6 +54,11 @@ class FakeAppService:
         self.pings: list[dict] = []
         self.on_user_query = None  # async fn(user_id) -> bool
         self.on_alias_query = None
+        # Third-party lookups: (kind, protocol or None) -> (status, JSON body), e.g.
+        # ("protocol", "irc"), ("location", "irc"), ("user", None) for the reverse lookup.
+        self.thirdparty: dict[tuple[str, str | None], tuple[int, Any]] = {}
+        self.thirdparty_queries: list[tuple[str, str | None, dict[str, str]]] = []
+        self.thirdparty_stall: asyncio.Event | None = None  # set: answers wait for it
         self.changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
@@ -64,11 +74,13 @@ class FakeAppService:
         txn_id = request.match_info["txn_id"]
         body = await request.json()
         self.attempts.append((txn_id, body["events"]))
+        self.attempt_bodies.append((txn_id, body))
         self.changed.set()
         if self.fail_next > 0:
             self.fail_next -= 1
             return web.json_response({"errcode": "M_UNKNOWN"}, status=500)
         self.accepted.setdefault(txn_id, body["events"])
+        self.bodies.setdefault(txn_id, body)
         return web.json_response({})
 
     async def _user(self, request: web.Request) -> web.Response:
@@ -95,8 +107,22 @@ class FakeAppService:
         self.pings.append(await request.json())
         return web.json_response({})
 
+    async def _thirdparty(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response({"errcode": "M_FORBIDDEN"}, status=403)
+        kind = request.match_info["kind"]
+        protocol = request.match_info.get("protocol")
+        self.thirdparty_queries.append((kind, protocol, dict(request.query)))
+        self.changed.set()
+        if self.thirdparty_stall is not None:
+            await self.thirdparty_stall.wait()
+        status, body = self.thirdparty.get((kind, protocol), (404, {"errcode": "M_NOT_FOUND"}))
+        return web.json_response(body, status=status)
+
     async def start(self) -> None:
         app = web.Application()
+        app.router.add_get("/_matrix/app/v1/thirdparty/{kind}/{protocol}", self._thirdparty)
+        app.router.add_get("/_matrix/app/v1/thirdparty/{kind}", self._thirdparty)
         app.router.add_put("/_matrix/app/v1/transactions/{txn_id}", self._txn)
         app.router.add_get("/_matrix/app/v1/users/{user_id}", self._user)
         app.router.add_get("/_matrix/app/v1/rooms/{alias}", self._room)
@@ -109,6 +135,10 @@ class FakeAppService:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    def ephemeral(self, key: str = "ephemeral") -> list[dict]:
+        """Every accepted ephemeral item (key: the stable or the unstable MSC2409 name)."""
+        return [e for b in self.bodies.values() for e in b.get(key, [])]
 
     def events(self) -> list[dict]:
         """Every accepted event, in delivery order."""
