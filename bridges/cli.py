@@ -15,6 +15,7 @@ from bridges.appservice.config import BridgeConfigError, load_bridge_config
 ADAPTERS = {
     "webhooks": "bridges.webhooks.bridge:WebhooksBridge",
     "irc": "bridges.irc.bridge:IrcBridge",
+    "xmpp": "bridges.xmpp.bridge:XmppBridge",
     "echo-bot": "bridges.bots.examples.echo:create",
     "reminder-bot": "bridges.bots.examples.reminder:create",
     "poll-bot": "bridges.bots.examples.poll:create",
