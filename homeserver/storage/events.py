@@ -20,7 +20,7 @@ EVENT_COLUMNS = (
 READ_COLUMNS = EVENT_COLUMNS + ", outlier, soft_failed"
 
 
-@dataclass
+@dataclass(slots=True)
 class EventRow:
     stream_ordering: int
     event_id: str
