@@ -374,14 +374,18 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--data-dir")
         sp.add_argument("--database-url")
 
+    def serving(sp: argparse.ArgumentParser) -> None:
+        """What `run` serves with, which `check-config` checks too."""
+        common(sp)
+        sp.add_argument("--host")
+        sp.add_argument("--port", type=int)
+        sp.add_argument("--appservice", action="append", metavar="FILE",
+                        help="an application-service registration file (repeatable)")
+
     run = sub.add_parser("run", help="run the homeserver")
-    common(run)
-    run.add_argument("--host")
-    run.add_argument("--port", type=int)
+    serving(run)
     run.add_argument("--insecure-federation-http", action="store_true",
                      help="federate over plain HTTP (loopback only)")
-    run.add_argument("--appservice", action="append", metavar="FILE",
-                     help="an application-service registration file (repeatable)")
     run.set_defaults(fn=cmd_run)
 
     mig = sub.add_parser("migrate", help="bring the database schema up to date")
@@ -396,11 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.set_defaults(fn=cmd_register_user)
 
     chk = sub.add_parser("check-config", help="validate the configuration")
-    common(chk)
-    chk.add_argument("--host")
-    chk.add_argument("--port", type=int)
-    chk.add_argument("--appservice", action="append", metavar="FILE",
-                     help="an application-service registration file (repeatable)")
+    serving(chk)
     chk.set_defaults(fn=cmd_check_config)
 
     rot = sub.add_parser("rotate-key", help="add an at-rest encryption key and re-encrypt "

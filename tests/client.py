@@ -103,3 +103,10 @@ class Api:
             "username": username, "password": password, "auth": {"type": "m.login.dummy"}})
         assert r.status == 200, r
         return User(self, r.json["user_id"], r.json["access_token"], r.json["device_id"], password)
+
+    async def two_in_a_public_room(self) -> tuple[User, User, str]:
+        """(alice, bob, room_id): two new users, in a public room alice made and bob joined."""
+        alice, bob = await self.register(), await self.register()
+        room_id = await alice.create_room(preset="public_chat")
+        await bob.join(room_id)
+        return alice, bob, room_id

@@ -1,7 +1,7 @@
 """Where the at-rest keys live: a key file (0600, generated on first start) or the
 NEXA_AT_REST_KEY environment variable, and the live keyring a running server uses.
 
-The file is written the way the signing key is (events/signing.py): a temporary file created
+The file is written the way the signing key is (homeserver/files.py): a temporary file created
 0600 from the start, fsynced, renamed over the old one, so a reader sees the old file or the
 new one, never half of one. `nexa rotate-key` adds keys to it while the server runs; the
 server notices (a stat at most once a second when it seals, and at once when it meets a key
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import threading
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Mapping
 
 from homeserver.crypto.at_rest import (AtRestError, Keyring, KeyFormatError, UnknownKeyError,
                                        format_keys, new_key, new_key_id, parse_keys)
+from homeserver.files import write_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -33,36 +33,7 @@ def save_keys(path: str | os.PathLike[str], entries: list[tuple[str, bytes]],
               *, create_only: bool = False) -> None:
     """Atomically (re)write the key file, never readable by other users. With `create_only`,
     FileExistsError if there is one already (two processes starting at once make one key)."""
-    path = os.fspath(path)
-    tmp_path = f"{path}.tmp-{secrets.token_hex(6)}"
-    # O_EXCL: never reuse (or follow a symlink planted at) the temporary name.
-    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(format_keys(entries))
-            fh.flush()
-            os.fsync(fh.fileno())
-        if create_only:
-            os.link(tmp_path, path)  # atomic, and never replaces an existing file
-            os.unlink(tmp_path)
-        else:
-            os.replace(tmp_path, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_path)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    write_secret_file(path, format_keys(entries), create_only=create_only)
 
 
 def read_key_file(path: str | os.PathLike[str]) -> Keyring:

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from homeserver.events.canonical import canonical_json, decode_b64, encode_b64
 from homeserver.events.redaction import redact_event
 from homeserver.events.room_versions import RoomVersion
+from homeserver.files import write_secret_file
 
 ALGORITHM = "ed25519"
 # Key versions end up in key IDs and URLs, so keep them to a safe alphabet.
@@ -95,27 +96,9 @@ class SigningKey:
         return cls.from_seed(decode_b64(seed_b64), version)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Atomically write the key file, never readable by other users.
-
-        A temp file is created by ``os.open`` with mode 0600 from the start
-        (no chmod window), then renamed over ``path``.
-        """
-        path = os.fspath(path)
-        tmp_path = f"{path}.tmp-{secrets.token_hex(6)}"
-        # O_EXCL: never reuse (or follow a symlink planted at) the temp name.
-        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as fh:
-                fh.write(self.to_file_line() + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp_path, path)
-        except BaseException:
-            try:
-                os.unlink(tmp_path)
-            except FileNotFoundError:
-                pass
-            raise
+        """Atomically write the key file, never readable by other users (0600 from the
+        start, no chmod window: see homeserver/files.py)."""
+        write_secret_file(path, self.to_file_line() + "\n")
 
     @classmethod
     def load_or_generate(cls, path: str | os.PathLike[str]) -> SigningKey:

@@ -31,8 +31,7 @@ from homeserver.handlers.auth import Requester
 from homeserver.handlers.e2e_keys_common import (FEDERATION_REFUSED, MAX_CLAIMS,
                                                  MAX_DEVICE_KEYS_BYTES, MAX_KEY_ID_LENGTH,
                                                  MAX_KEY_OBJECT_BYTES, MAX_KEYS_PER_UPLOAD,
-                                                 E2eKeysPart, canonical, is_ed25519_public,
-                                                 parse_timeout)
+                                                 E2eKeysPart, canonical, is_ed25519_public)
 from homeserver.handlers.e2e_keys_query import KeyQueries
 from homeserver.handlers.e2e_keys_signing import CrossSigning
 from homeserver.handlers.state import LRU
@@ -260,9 +259,7 @@ class E2eKeysHandler(E2eKeysPart):
 
     async def claim(self, requester: Requester, one_time_keys: Any,
                     timeout: Any = None) -> dict[str, Any]:
-        claims = self._parse_claim(one_time_keys)
-        timeout_s = parse_timeout(timeout)
-        local, remote = self._split_local(claims)
+        local, remote, timeout_s = self._split_request(self._parse_claim(one_time_keys), timeout)
         result: dict[str, Any] = {"one_time_keys": await self._claim_local(local),
                                   "failures": {}}
         for _, keys in await self._ask_servers(remote, self._remote_claim, timeout_s,

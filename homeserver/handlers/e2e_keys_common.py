@@ -95,6 +95,14 @@ class E2eKeysPart:
                 remote.setdefault(server_of(u), {})[u] = v
         return local, remote
 
+    def _split_request(self, by_user: dict[str, T], timeout: Any
+                       ) -> tuple[dict[str, T], dict[str, dict[str, T]], float]:
+        """The shared start of query and claim, on their already parsed body: (local part,
+        remote parts by server, timeout in seconds). The timeout is checked after the body."""
+        timeout_s = parse_timeout(timeout)
+        local, remote = self._split_local(by_user)
+        return local, remote, timeout_s
+
     async def _ask_servers(self, remote: dict[str, T],
                            ask: Callable[[str, T, float], Awaitable[tuple[Any, dict | None]]],
                            timeout_s: float, failures: dict[str, dict]) -> list[tuple[str, Any]]:

@@ -14,8 +14,7 @@ from homeserver.handlers.auth import Requester
 from homeserver.handlers.device_lists import cross_signing_key_valid
 from homeserver.handlers.e2e_keys_common import (DEFAULT_TIMEOUT_MS, FEDERATION_REFUSED,
                                                  MAX_QUERY_DEVICES, MAX_QUERY_USERS,
-                                                 E2eKeysPart, merge_signatures, public_key_of,
-                                                 parse_timeout)
+                                                 E2eKeysPart, merge_signatures, public_key_of)
 from homeserver.storage import e2e as store
 from homeserver.types import is_valid_user_id, server_of
 
@@ -96,9 +95,7 @@ class KeyQueries(E2eKeysPart):
 
     async def query(self, requester: Requester, device_keys: Any,
                     timeout: Any = None) -> dict[str, Any]:
-        query = self._parse_query(device_keys)
-        timeout_s = parse_timeout(timeout)
-        local, remote = self._split_local(query)
+        local, remote, timeout_s = self._split_request(self._parse_query(device_keys), timeout)
         result = await self._local_keys(local, requester.user_id, display_names=True)
         result["failures"] = {}
         if remote:

@@ -270,14 +270,7 @@ class PushRulesHandler:
                                ) -> dict[str, tuple[CompiledRule, ...]]:
         """Each user's enabled rules in evaluation order; documents not cached yet are read
         in one query for all of them (an event in a big room asks for every member)."""
-        out: dict[str, tuple[CompiledRule, ...]] = {}
-        missing = []
-        for u in user_ids:
-            flat = self._flat.get_item(u)
-            if flat is None:
-                missing.append(u)
-            else:
-                out[u] = flat
+        out, missing = self._flat.get_many(user_ids)
         unknown = [u for u in missing if self._docs.get_item(u) is None]
         if unknown:
             stored = await counts_store.push_rules_many(unknown)

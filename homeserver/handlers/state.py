@@ -34,6 +34,18 @@ class LRU(OrderedDict):
             self.move_to_end(key)
         return val
 
+    def get_many(self, keys: Iterable) -> tuple[dict, list]:
+        """(the cached values by key, the keys not cached, in order)."""
+        found: dict = {}
+        missing: list = []
+        for key in keys:
+            val = self.get_item(key)
+            if val is None:
+                missing.append(key)
+            else:
+                found[key] = val
+        return found, missing
+
     def put(self, key, value) -> None:
         self[key] = value
         self.move_to_end(key)
@@ -54,15 +66,7 @@ class StateHandler:
     # --- events ----------------------------------------------------------------------------
 
     async def get_events(self, event_ids: Iterable[str]) -> dict[str, EventRow]:
-        ids = list(event_ids)
-        out: dict[str, EventRow] = {}
-        missing = []
-        for eid in ids:
-            row = self._events.get_item(eid)
-            if row is None:
-                missing.append(eid)
-            else:
-                out[eid] = row
+        out, missing = self._events.get_many(event_ids)
         if missing:
             fetched = await event_store.get_events(missing)
             for eid, row in fetched.items():

@@ -19,6 +19,7 @@ import secrets
 from pathlib import Path
 from typing import Any, AsyncIterable, BinaryIO, Callable, Iterator
 
+from homeserver.files import fsync_dir
 from homeserver.storage import sql
 from homeserver.storage.sealed_files import FileSealer, open_plain, reseal
 
@@ -83,16 +84,7 @@ class MediaStore:
             return
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp_path, final)
-        try:
-            dir_fd = os.open(final.parent, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(dir_fd)
-        except OSError:
-            pass
-        finally:
-            os.close(dir_fd)
+        fsync_dir(final.parent)
 
     @staticmethod
     def _discard(tmp_path: Path, fh: Any) -> None:

@@ -15,10 +15,7 @@ async def _state_events(user, room_id: str) -> list[str]:
 
 
 async def test_repeated_leave_is_answered_like_the_first(api):
-    alice = await api.register()
-    bob = await api.register()
-    room_id = await alice.create_room(preset="public_chat")
-    await bob.join(room_id)
+    alice, bob, room_id = await api.two_in_a_public_room()
     r = await bob.post(f"/rooms/{room_id}/leave", {"reason": "bye"})
     assert r.status == 200, r
     before = await _state_events(alice, room_id)
@@ -43,10 +40,7 @@ async def test_leave_without_membership_says_not_in_room(api):
 
 
 async def test_leave_after_a_kick_is_not_a_retry(api):
-    alice = await api.register()
-    bob = await api.register()
-    room_id = await alice.create_room(preset="public_chat")
-    await bob.join(room_id)
+    alice, bob, room_id = await api.two_in_a_public_room()
     r = await alice.post(f"/rooms/{room_id}/kick", {"user_id": bob.user_id})
     assert r.status == 200, r
     before = await _state_events(alice, room_id)

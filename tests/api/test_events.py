@@ -41,10 +41,7 @@ async def test_non_member_cannot_send(api):
 
 
 async def test_get_event_context_and_redaction(api):
-    alice = await api.register()
-    bob = await api.register()
-    room_id = await alice.create_room(preset="public_chat")
-    await bob.join(room_id)
+    alice, bob, room_id = await api.two_in_a_public_room()
     ids = [await alice.send_text(room_id, f"m{i}") for i in range(5)]
     r = await bob.get(f"/rooms/{room_id}/event/{ids[2]}")
     assert r.status == 200 and r.json["content"]["body"] == "m2"

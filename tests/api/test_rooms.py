@@ -72,10 +72,7 @@ async def test_unknown_room_and_bad_ids(api):
 
 
 async def test_leave_forget_kick_ban_unban(api):
-    alice = await api.register()
-    bob = await api.register()
-    room_id = await alice.create_room(preset="public_chat")
-    await bob.join(room_id)
+    alice, bob, room_id = await api.two_in_a_public_room()
     # Bob (power 0) cannot kick alice.
     r = await bob.post(f"/rooms/{room_id}/kick", {"user_id": alice.user_id})
     assert (r.status, r.json["errcode"]) == (403, "M_FORBIDDEN")
@@ -95,10 +92,7 @@ async def test_leave_forget_kick_ban_unban(api):
 
 
 async def test_power_levels_enforced(api):
-    alice = await api.register()
-    bob = await api.register()
-    room_id = await alice.create_room(preset="public_chat")
-    await bob.join(room_id)
+    alice, bob, room_id = await api.two_in_a_public_room()
     r = await bob.put(f"/rooms/{room_id}/state/m.room.name", {"name": "hijack"})
     assert (r.status, r.json["errcode"]) == (403, "M_FORBIDDEN")
     pl = (await alice.get(f"/rooms/{room_id}/state/m.room.power_levels")).json

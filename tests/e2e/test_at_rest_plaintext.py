@@ -57,6 +57,17 @@ def noise_png(width: int, height: int) -> bytes:
 
 # --- what the clients do -------------------------------------------------------------------
 
+async def message_and_reply(alice: Crypto, bob: Crypto, room_id: str, said: Secrets,
+                            kind: str) -> None:
+    """Alice says something, Bob sees it and answers, Alice sees the answer."""
+    text = said.text(f"{kind}-message")
+    await alice.send(room_id, text)
+    await bob.wait_for_text(room_id, text)
+    reply = said.text(f"{kind}-reply")
+    await bob.send(room_id, reply)
+    await alice.wait_for_text(room_id, reply)
+
+
 async def unencrypted_room(alice: Crypto, bob: Crypto, said: Secrets) -> str:
     resp = ok(await alice.client.room_create(name=said.text("room-name"),
                                              topic=said.text("room-topic"),
@@ -67,25 +78,29 @@ async def unencrypted_room(alice: Crypto, bob: Crypto, said: Secrets) -> str:
     ok(await alice.client.room_put_state(
         room_id, "m.room.member", {"membership": "join", "displayname": said.text("nick")},
         state_key=alice.user_id), nio.RoomPutStateResponse)
-    text = said.text("plain-message")
-    await alice.send(room_id, text)
-    await bob.wait_for_text(room_id, text)
-    reply = said.text("plain-reply")
-    await bob.send(room_id, reply)
-    await alice.wait_for_text(room_id, reply)
+    await message_and_reply(alice, bob, room_id, said, "plain")
     return room_id
 
 
 async def encrypted_exchange(alice: Crypto, bob: Crypto, said: Secrets) -> str:
     room_id = await encrypted_room(alice, bob)
     await settle(alice, bob)
-    text = said.text("e2e-message")
-    await alice.send(room_id, text)
-    await bob.wait_for_text(room_id, text)
-    reply = said.text("e2e-reply")
-    await bob.send(room_id, reply)
-    await alice.wait_for_text(room_id, reply)
+    await message_and_reply(alice, bob, room_id, said, "e2e")
     return room_id
+
+
+async def two_rooms(alice_server: str, bob_server: str, clients: list[Crypto]
+                    ) -> tuple[Crypto, Crypto, Secrets, str]:
+    """alice and bob register (into `clients`, to be closed) and talk in an unencrypted and an
+    encrypted room; (alice, bob, what they said, the unencrypted room)."""
+    alice = await register(alice_server, "alice")
+    clients.append(alice)
+    bob = await register(bob_server, "bob")
+    clients.append(bob)
+    said = Secrets()
+    room_id = await unencrypted_room(alice, bob, said)
+    await encrypted_exchange(alice, bob, said)
+    return alice, bob, said, room_id
 
 
 async def save_draft(user: Crypto, room_id: str, said: Secrets) -> None:
@@ -175,13 +190,7 @@ async def test_one_server_stores_no_plaintext(backend, tmp_path):
     srv = await start_server(tmp_path, backend)
     clients: list[Crypto] = []
     try:
-        alice = await register(srv.base_url, "alice")
-        clients.append(alice)
-        bob = await register(srv.base_url, "bob")
-        clients.append(bob)
-        said = Secrets()
-        room_id = await unencrypted_room(alice, bob, said)
-        await encrypted_exchange(alice, bob, said)
+        alice, bob, said, room_id = await two_rooms(srv.base_url, srv.base_url, clients)
         await save_draft(alice, room_id, said)
         await share_media(alice, room_id, said)
         for c in clients:
@@ -200,13 +209,7 @@ async def test_federated_servers_store_no_plaintext(backend, tmp_path):
     s2 = await start_server(tmp_path, backend, federation=FED)
     clients: list[Crypto] = []
     try:
-        alice = await register(s1.base_url, "alice")
-        clients.append(alice)
-        bob = await register(s2.base_url, "bob")
-        clients.append(bob)
-        said = Secrets()
-        room_id = await unencrypted_room(alice, bob, said)
-        await encrypted_exchange(alice, bob, said)
+        alice, bob, said, room_id = await two_rooms(s1.base_url, s2.base_url, clients)
         await save_draft(bob, room_id, said)
         file_uri, image_uri = await share_media(alice, room_id, said)
         # Bob's server fetches alice's media over federation and keeps a (sealed) copy, and

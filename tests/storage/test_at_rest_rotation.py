@@ -85,6 +85,16 @@ async def upload(user: User, data: bytes) -> str:
         return (await r.json())["content_uri"]
 
 
+async def log_in_again(api: Api, user: User) -> User:
+    """`user` on a new device of `api`'s server (after a restart, say)."""
+    r = await api.request("POST", "/login", {
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": user.user_id},
+        "password": user.password})
+    assert r.status == 200, r
+    return User(api, user.user_id, r.json["access_token"], r.json["device_id"], user.password)
+
+
 def media_key_ids(srv) -> set[str | None]:
     root = srv.data_dir / "media"
     return {file_key_id(p) for p in root.rglob("*")
@@ -150,12 +160,7 @@ async def test_rotate_key_while_the_server_runs(backend, tmp_path):
         await srv.start()
         async with Api(srv) as api:
             alice = await api.register()
-            r = await api.request("POST", "/login", {
-                "type": "m.login.password",
-                "identifier": {"type": "m.id.user", "user": bob.user_id},
-                "password": bob.password})
-            bob = User(api, bob.user_id, r.json["access_token"], r.json["device_id"],
-                       bob.password)
+            bob = await log_in_again(api, bob)
             assert await bodies(bob, room_id) == sent + during + ["after"]
             assert await download(bob, mxc) == blob
     finally:
@@ -187,12 +192,7 @@ async def test_rotation_seals_a_database_from_before_encryption(backend, tmp_pat
         await srv.stop()
         await srv.start()  # a fresh process: no cached plaintext
         async with Api(srv) as api:
-            r = await api.request("POST", "/login", {
-                "type": "m.login.password",
-                "identifier": {"type": "m.id.user", "user": alice.user_id},
-                "password": alice.password})
-            alice = User(api, alice.user_id, r.json["access_token"], r.json["device_id"],
-                         alice.password)
+            alice = await log_in_again(api, alice)
             assert await bodies(alice, room_id) == ["an old plaintext message"]
             assert await download(alice, mxc) == data
             assert None in media_key_ids(srv)
@@ -253,12 +253,7 @@ async def test_a_missing_key_file_stops_the_server_with_a_clear_error(backend, t
         key_file.chmod(0o600)
         await srv.start()
         async with Api(srv) as api:
-            r = await api.request("POST", "/login", {
-                "type": "m.login.password",
-                "identifier": {"type": "m.id.user", "user": alice.user_id},
-                "password": alice.password})
-            alice = User(api, alice.user_id, r.json["access_token"], r.json["device_id"],
-                         alice.password)
+            alice = await log_in_again(api, alice)
             assert await bodies(alice, room_id) == ["kept under the key"]
     finally:
         await srv.destroy()
