@@ -4,6 +4,7 @@ messages on the sign-in pages."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from playwright.async_api import expect
@@ -71,6 +72,20 @@ async def test_directory_invites_and_groups(open_tab, api):
     await expect(page.get_by_role("button", name="Unmute notifications")).to_have_attribute("aria-pressed", "true")
     await page.get_by_role("link", name="Settings").click()
     await expect(page.locator(".muted-list")).to_contain_text("Book club")
+    # ... and the server knows it: a room push rule without actions, so the room's messages no
+    # longer count as unread for this account, in every client.
+    book_club = next(rid for rid, r in invited.items() if any(
+        e.get("content", {}).get("name") == "Book club" for e in r["invite_state"]["events"]))
+    for _ in range(200):  # the rule is stored right after the setting; poll with a deadline
+        rule = await me.get(f"/pushrules/global/room/{book_club}")
+        if rule.status == 200:
+            break
+        await asyncio.sleep(0.05)
+    assert (rule.status, rule.json.get("actions")) == (200, []), rule
+    await other.join(book_club)
+    await other.send_text(book_club, "quiet please")
+    counts = (await me.sync())["rooms"]["join"][book_club]["unread_notifications"]
+    assert counts == {"notification_count": 0, "highlight_count": 0}
     assert not tab.errors
 
 

@@ -60,10 +60,15 @@ export class Settings {
 
   isMuted(roomId) { return this.values.muted_rooms.includes(roomId); }
 
-  setMuted(roomId, muted) {
+  async setMuted(roomId, muted) {
     const set = new Set(this.values.muted_rooms);
     if (muted) set.add(roomId); else set.delete(roomId);
-    return this.update({ muted_rooms: [...set] });
+    await this.update({ muted_rooms: [...set] });
+    // A room push rule with no actions: the server stops counting the room's messages as
+    // unread (mentions still highlight) and every client of this account sees it muted.
+    const path = `/pushrules/global/room/${encodeURIComponent(roomId)}`;
+    if (muted) await ctx.api.request('PUT', path, { body: { actions: [] } });
+    else await ctx.api.request('DELETE', path).catch(() => { /* no rule: nothing to undo */ });
   }
 
   privacy() {
