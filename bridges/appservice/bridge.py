@@ -7,6 +7,7 @@ import asyncio
 import logging
 import re
 import signal
+import sys
 from typing import Any
 
 from homeserver.config import (AppServiceRegistration, ConfigError,
@@ -21,7 +22,8 @@ log = logging.getLogger(__name__)
 
 
 class Bridge:
-    """Subclasses override `handle_event` (and `on_start`/`on_stop`, `SCHEMA` for tables)."""
+    """Subclasses override `handle_event` (and `on_start`/`on_listening`/`on_stop`, `SCHEMA`
+    for tables)."""
 
     name = "bridge"
     SCHEMA = ""
@@ -57,6 +59,13 @@ class Bridge:
         return any(p.match(user_id) for p in self._user_patterns) and \
             user_id.endswith(":" + (self.client.server_name or ""))
 
+    def require_puppet_prefix(self, setting: str, prefix: str) -> None:
+        """Refuse a puppet prefix outside the registration's users namespace."""
+        probe = self.client.user_id(prefix + "probe")
+        if not self.is_ours(probe):
+            raise BridgeConfigError(f"{setting}: {probe} is not in the registration's users "
+                                    "namespace")
+
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -68,6 +77,7 @@ class Bridge:
         if url and not url.endswith(f":{self.server.port}"):
             log.warning("the registration's url %s does not end with this bridge's port %d",
                         url, self.server.port)
+        await self.on_listening()
 
     async def stop(self) -> None:
         await self.server.stop()
@@ -82,7 +92,13 @@ class Bridge:
                 loop.add_signal_handler(sig, self._stopping.set)
             except (NotImplementedError, RuntimeError):
                 pass
-        await self.start()
+        try:
+            await self.start()
+        except BridgeConfigError as e:
+            # Found at start-up (e.g. a prefix outside the registration's namespace).
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            await self.stop()  # the store's thread would keep the process alive
+            raise SystemExit(2) from None
         print(f"{self.name} bridge for {self.client.server_name} listening on "
               f"http://{self.config.listen.host}:{self.server.port}", flush=True)
         try:
@@ -94,7 +110,11 @@ class Bridge:
         self._stopping.set()
 
     async def on_start(self) -> None:
-        pass
+        """Before the transaction server listens: state that incoming transactions need."""
+
+    async def on_listening(self) -> None:
+        """Once the transaction server listens: work that makes the homeserver push to it
+        (creating or joining rooms), since a refused push makes it back off from the bridge."""
 
     async def on_stop(self) -> None:
         pass

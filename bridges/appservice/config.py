@@ -14,11 +14,12 @@ Relative paths are relative to the config file. Problems are reported with the k
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -27,22 +28,57 @@ class BridgeConfigError(Exception):
     pass
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class HomeserverSection(_Section):
+class HomeserverSection(Section):
     url: str = "http://127.0.0.1:8008"
     server_name: str | None = None
 
 
-class ListenSection(_Section):
+class ListenSection(Section):
     host: str = "127.0.0.1"
     port: int = Field(9000, ge=0, le=65535)
 
 
-class LoggingSection(_Section):
+class LoggingSection(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class ReconnectSection(Section):
+    base_ms: int = Field(1_000, ge=1)
+    max_ms: int = Field(60_000, ge=1)
+
+
+class PuppetingSection(Section):
+    """Settings every adapter with puppets and portal rooms shares; adapters subclass it
+    (and may override the prefixes' defaults)."""
+
+    # Remote users are @<puppet_prefix>...; portal rooms #<alias_prefix>...
+    puppet_prefix: str = "bridge_"
+    alias_prefix: str = "bridge_"
+    # Base URL remote users download Nexa media from (default: homeserver.url).
+    media_url: str | None = None
+    reconnect: ReconnectSection = ReconnectSection()
+    ping_interval_s: float = Field(60, gt=0)
+    # Retry delays when a queued message failed for now (e.g. the homeserver is unreachable).
+    retry_base_ms: int = Field(500, ge=1)
+    retry_max_ms: int = Field(30_000, ge=1)
+
+    @field_validator("puppet_prefix", "alias_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not re.match(r"^[a-z0-9._=/-]+$", v):
+            raise ValueError("must be a non-empty Matrix localpart prefix (a-z 0-9 ._=-/)")
+        return v
+
+    @field_validator("media_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://\S+$", v):
+            raise ValueError("must be an http:// or https:// URL")
+        return v.rstrip("/") if v else v
 
 
 class BridgeConfig(BaseModel):

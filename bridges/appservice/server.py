@@ -31,8 +31,29 @@ QueryHandler = Callable[[str], Awaitable[bool]]
 MAX_TXN_BYTES = 32 * 1024 * 1024
 
 
-def _error(status: int, errcode: str, error: str) -> web.Response:
+def json_error(status: int, errcode: str, error: str) -> web.Response:
     return web.json_response({"errcode": errcode, "error": error}, status=status)
+
+
+THIRDPARTY_PREFIX = "/_matrix/app/v1/thirdparty"
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+class Refused(Exception):
+    """Raised by a route handler behind `add_thirdparty_routes`: answered as a Matrix error."""
+
+    def __init__(self, status: int, errcode: str, error: str) -> None:
+        super().__init__(error)
+        self.status, self.errcode, self.error = status, errcode, error
+
+
+def query_field(request: web.Request, name: str, missing: str, *,
+                allow_empty: bool = True) -> str:
+    """A query parameter, or Refused 400 M_MISSING_PARAM (`missing` says what)."""
+    value = request.query.get(name)
+    if value is None or (not value and not allow_empty):
+        raise Refused(400, "M_MISSING_PARAM", missing)
+    return value
 
 
 class AppServiceServer:
@@ -73,9 +94,39 @@ class AppServiceServer:
             await self._runner.cleanup()
             self._runner = None
 
+    def add_thirdparty_routes(self, protocol: str, *, protocol_info: Handler, location: Handler,
+                              user: Handler, location_by_alias: Handler, user_by_id: Handler,
+                              check: Callable[[web.Request], web.Response | None] | None = None
+                              ) -> None:
+        """The third-party lookup routes of one protocol. Each request needs the hs_token; an
+        unknown protocol is 404; then `check` (e.g. the network) may refuse it."""
+        def guarded(handler: Handler) -> Handler:
+            async def wrapper(request: web.Request) -> web.Response:
+                denied = self.check_token(request)
+                if denied is not None:
+                    return denied
+                asked = request.match_info.get("protocol")
+                if asked is not None and asked != protocol:
+                    return json_error(404, "M_NOT_FOUND", f"Unknown protocol {asked!r}")
+                denied = check(request) if check is not None else None
+                if denied is not None:
+                    return denied
+                try:
+                    return await handler(request)
+                except Refused as e:
+                    return json_error(e.status, e.errcode, e.error)
+            return wrapper
+
+        router = self.app.router
+        router.add_get(THIRDPARTY_PREFIX + "/protocol/{protocol}", guarded(protocol_info))
+        router.add_get(THIRDPARTY_PREFIX + "/location/{protocol}", guarded(location))
+        router.add_get(THIRDPARTY_PREFIX + "/user/{protocol}", guarded(user))
+        router.add_get(THIRDPARTY_PREFIX + "/location", guarded(location_by_alias))
+        router.add_get(THIRDPARTY_PREFIX + "/user", guarded(user_by_id))
+
     # --- authentication ----------------------------------------------------------------------
 
-    def _check_token(self, request: web.Request) -> web.Response | None:
+    def check_token(self, request: web.Request) -> web.Response | None:
         header = request.headers.get("Authorization", "")
         token = None
         if header.lower().startswith("bearer "):
@@ -83,24 +134,25 @@ class AppServiceServer:
         elif "access_token" in request.query:
             token = request.query["access_token"]
         if not token:
-            return _error(401, "M_UNAUTHORIZED", "Missing hs_token")
+            return json_error(401, "M_UNAUTHORIZED", "Missing hs_token")
         if not hmac.compare_digest(token.encode(), self.hs_token.encode()):
-            return _error(403, "M_FORBIDDEN", "Bad hs_token")
+            return json_error(403, "M_FORBIDDEN", "Bad hs_token")
         return None
 
     # --- routes ------------------------------------------------------------------------------
 
     async def _transaction(self, request: web.Request) -> web.Response:
-        denied = self._check_token(request)
+        denied = self.check_token(request)
         if denied is not None:
             return denied
         txn_id = request.match_info["txn_id"]
         try:
             body = await request.json()
         except ValueError:
-            return _error(400, "M_NOT_JSON", "Transaction body is not JSON")
+            return json_error(400, "M_NOT_JSON", "Transaction body is not JSON")
         if not isinstance(body, dict) or not isinstance(body.get("events", []), list):
-            return _error(400, "M_BAD_JSON", "Transaction must be an object with an events list")
+            return json_error(400, "M_BAD_JSON",
+                              "Transaction must be an object with an events list")
         events = [e for e in body.get("events", []) if isinstance(e, dict)]
         async with self._txn_lock:  # a retry may overlap a slow first attempt
             if await self.store.txn_seen(txn_id):
@@ -116,7 +168,7 @@ class AppServiceServer:
                 if failures < self.max_attempts:
                     log.exception("transaction %s failed (attempt %d); the homeserver will "
                                   "retry it", txn_id, failures)
-                    return _error(500, "M_UNKNOWN", "Processing failed; retry later")
+                    return json_error(500, "M_UNKNOWN", "Processing failed; retry later")
                 log.exception("transaction %s failed %d times; giving up on its events",
                               txn_id, failures)
                 async with self.store.transaction() as db:
@@ -126,23 +178,23 @@ class AppServiceServer:
         return web.json_response({})
 
     async def _query_user(self, request: web.Request) -> web.Response:
-        denied = self._check_token(request)
+        denied = self.check_token(request)
         if denied is not None:
             return denied
         if self.user_query is not None and await self.user_query(request.match_info["user_id"]):
             return web.json_response({})
-        return _error(404, "M_NOT_FOUND", "No such user")
+        return json_error(404, "M_NOT_FOUND", "No such user")
 
     async def _query_alias(self, request: web.Request) -> web.Response:
-        denied = self._check_token(request)
+        denied = self.check_token(request)
         if denied is not None:
             return denied
         if self.alias_query is not None and await self.alias_query(request.match_info["alias"]):
             return web.json_response({})
-        return _error(404, "M_NOT_FOUND", "No such room alias")
+        return json_error(404, "M_NOT_FOUND", "No such room alias")
 
     async def _ping(self, request: web.Request) -> web.Response:
-        denied = self._check_token(request)
+        denied = self.check_token(request)
         if denied is not None:
             return denied
         return web.json_response({})

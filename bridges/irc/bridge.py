@@ -19,14 +19,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import re
 import secrets
 from typing import Any
 
 from bridges.appservice.bridge import Bridge
-from bridges.appservice.config import BridgeConfig, BridgeConfigError
+from bridges.appservice.config import BridgeConfig
 from bridges.appservice.intent import MatrixRequestError, q
+from bridges.appservice.tasks import cancel_tasks, drain_table
 from bridges.irc.config import IrcSection, valid_channel
 from bridges.irc.formatting import split_message, utf8_truncate
 from bridges.irc.inbound import InboundMixin
@@ -114,11 +114,7 @@ class IrcBridge(InboundMixin, ThirdPartyMixin, Bridge):
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def on_start(self) -> None:
-        s = self.settings
-        probe = self.client.user_id(s.puppet_prefix + "probe")
-        if not self.is_ours(probe):
-            raise BridgeConfigError(f"irc.puppet_prefix: {probe} is not in the registration's "
-                                    "users namespace")
+        self.require_puppet_prefix("irc.puppet_prefix", self.settings.puppet_prefix)
         self.epoch = await self.store.get_json("irc", "epoch")
         if not self.epoch:
             self.epoch = secrets.token_hex(4)
@@ -126,14 +122,8 @@ class IrcBridge(InboundMixin, ThirdPartyMixin, Bridge):
         for channel, room_id in await self.store.mappings("channel"):
             self._map(channel, room_id)
 
-    async def start(self) -> None:
-        await super().start()
-        # Only once the transaction server listens: creating portals sends events the
-        # homeserver pushes at once, and a refused push makes it back off from this service
-        # (and skip its alias queries) for a while.
-        await self._start_irc()
-
-    async def _start_irc(self) -> None:
+    async def on_listening(self) -> None:
+        # Portals only now: creating them sends events the homeserver pushes at once.
         s = self.settings
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._outbox_loop(), name="irc-outbox"),
@@ -164,27 +154,10 @@ class IrcBridge(InboundMixin, ThirdPartyMixin, Bridge):
                 delay = min(delay * 2, self.settings.retry_max_ms / 1000)
 
     async def on_stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_tasks(self._tasks)
         self._tasks = []
         await asyncio.gather(*(c.stop("Bridge restarting") for c in self.user_conns.values()),
                              self.bot_conn.stop("Bridge restarting"), return_exceptions=True)
-
-    async def run_forever(self) -> None:
-        try:
-            await super().run_forever()
-        except BridgeConfigError as e:
-            # Found at start-up (e.g. a prefix outside the registration's namespace).
-            import sys
-
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            await self.stop()  # the store's thread would keep the process alive
-            raise SystemExit(2) from None
 
     # --- channels <-> rooms ------------------------------------------------------------------
 
@@ -418,29 +391,13 @@ class IrcBridge(InboundMixin, ThirdPartyMixin, Bridge):
     # --- the outbox worker -------------------------------------------------------------------
 
     async def _outbox_loop(self) -> None:
-        delay = 0.2
-        while True:
-            self._outbox_wake.clear()
-            rows = await self.store.fetch("SELECT * FROM irc_outbox ORDER BY id LIMIT 50")
-            if not rows:
-                await self._outbox_wake.wait()
-                continue
-            for row in rows:
-                try:
-                    await self._perform(row)
-                except asyncio.CancelledError:
-                    raise
-                except (NotConnected, ConnectionError, OSError, asyncio.TimeoutError) as e:
-                    # IRC is down or blipped: the same row again after the reconnect.
-                    log.info("outbox: %s %s waits for IRC (%s)", row["op"], row["dedupe"],
-                             e or type(e).__name__)
-                    await asyncio.sleep(delay * (0.5 + random.random() / 2))
-                    delay = min(delay * 2, self.settings.reconnect.max_ms / 1000)
-                    break
-                except Exception:
-                    log.exception("outbox: %s %s failed; dropped", row["op"], row["dedupe"])
-                await self.store.execute("DELETE FROM irc_outbox WHERE id = ?", [row["id"]])
-                delay = 0.2
+        # IRC down or blipped: the same row again after the reconnect.
+        await drain_table(
+            self.store, "irc_outbox", self._outbox_wake, self._perform,
+            retry_on=lambda e: isinstance(e, (NotConnected, ConnectionError, OSError,
+                                              asyncio.TimeoutError)),
+            describe=lambda row: f"{row['op']} {row['dedupe']}", base_s=0.2,
+            max_s=self.settings.reconnect.max_ms / 1000, label="outbox")
 
     async def _ready_bot(self) -> IrcConnection:
         if not self.bot_conn.ready.is_set():

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from bridges.appservice.config import PuppetingSection, Section
 
 _CHANNEL_RE = re.compile(r"^[#&][^\s,\x07:]{1,49}$")
 _NETWORK_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
@@ -15,11 +17,7 @@ def valid_channel(name: str) -> bool:
     return bool(_CHANNEL_RE.match(name))
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ServerSection(_Section):
+class ServerSection(Section):
     host: str
     port: int = Field(6667, ge=1, le=65535)
     tls: bool = False
@@ -27,7 +25,7 @@ class ServerSection(_Section):
     password: str | None = None
 
 
-class ChannelSection(_Section):
+class ChannelSection(Section):
     channel: str
     # A room ID to bridge to; without one the bridge creates a public portal room with the
     # alias #<alias_prefix><channel name>.
@@ -48,18 +46,13 @@ class ChannelSection(_Section):
         return v
 
 
-class RateSection(_Section):
+class RateSection(Section):
     # Lines per second per IRC connection, with a burst: servers disconnect flooders.
     lines_per_second: float = Field(2.0, gt=0, le=1000)
     burst: int = Field(5, ge=1, le=1000)
 
 
-class ReconnectSection(_Section):
-    base_ms: int = Field(1_000, ge=1)
-    max_ms: int = Field(60_000, ge=1)
-
-
-class IrcSection(_Section):
+class IrcSection(PuppetingSection):
     server: ServerSection
     # Network ID for third-party lookups and the protocol's instance; a display name for it.
     network: str = "irc"
@@ -76,17 +69,10 @@ class IrcSection(_Section):
     channels: list[ChannelSection] = []
     # Joining #<alias_prefix><channel>:server creates a portal for any channel.
     dynamic_channels: bool = True
-    # Base URL IRC users can download Nexa media from (default: homeserver.url).
-    media_url: str | None = None
     max_nick_length: int = Field(30, ge=9, le=64)
     # A message longer than this many IRC lines is cut, with a link to the full text.
     max_lines: int = Field(5, ge=1, le=100)
     rate: RateSection = RateSection()
-    reconnect: ReconnectSection = ReconnectSection()
-    ping_interval_s: float = Field(60, gt=0)
-    # Retry delays when the homeserver is unreachable (IRC -> Nexa queue).
-    retry_base_ms: int = Field(500, ge=1)
-    retry_max_ms: int = Field(30_000, ge=1)
 
     @field_validator("network")
     @classmethod
@@ -108,20 +94,6 @@ class IrcSection(_Section):
         if not re.match(r"^[A-Za-z0-9\[\]\\`_^{|}-]{0,8}$", v):
             raise ValueError("at most 8 characters valid in an IRC nick")
         return v
-
-    @field_validator("puppet_prefix", "alias_prefix")
-    @classmethod
-    def _prefix(cls, v: str) -> str:
-        if not re.match(r"^[a-z0-9._=/-]+$", v):
-            raise ValueError("must be a non-empty Matrix localpart prefix (a-z 0-9 ._=-/)")
-        return v
-
-    @field_validator("media_url")
-    @classmethod
-    def _url(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^https?://\S+$", v):
-            raise ValueError("must be an http:// or https:// URL")
-        return v.rstrip("/") if v else v
 
     @model_validator(mode="after")
     def _unique(self) -> "IrcSection":

@@ -16,12 +16,12 @@ import asyncio
 import html
 import json
 import logging
-import random
 import re
 import time
 from typing import Any
 
 from bridges.appservice.intent import Intent, MatrixRequestError, q
+from bridges.appservice.tasks import drain_table
 from bridges.irc.formatting import CTCP, irc_to_matrix
 from bridges.irc.protocol import IrcConnection, IrcMessage, irc_lower
 
@@ -157,31 +157,15 @@ class InboundMixin:
     # --- applying rows to the homeserver -----------------------------------------------------
 
     async def inbox_loop(self) -> None:
-        wake = self._inbox_event()
-        delay = self.settings.retry_base_ms / 1000
-        while True:
-            wake.clear()
-            rows = await self.store.fetch("SELECT * FROM irc_inbox ORDER BY id LIMIT 50")
-            if not rows:
-                await wake.wait()
-                continue
-            for row in rows:
-                try:
-                    await self._apply(row)
-                except asyncio.CancelledError:
-                    raise
-                except MatrixRequestError as e:
-                    if e.status >= 500 or e.status == 429:
-                        log.info("inbox: homeserver unavailable (%s); retrying", e)
-                        await asyncio.sleep(delay * (0.5 + random.random() / 2))
-                        delay = min(delay * 2, self.settings.retry_max_ms / 1000)
-                        break
-                    log.warning("inbox: %s from %s refused: %s; dropped", row["op"],
-                                row["nick"], e)
-                except Exception:
-                    log.exception("inbox: %s from %s failed; dropped", row["op"], row["nick"])
-                await self.store.execute("DELETE FROM irc_inbox WHERE id = ?", [row["id"]])
-                delay = self.settings.retry_base_ms / 1000
+        # The homeserver unavailable: the same row again later; refused: dropped.
+        await drain_table(
+            self.store, "irc_inbox", self._inbox_event(), self._apply,
+            retry_on=lambda e: isinstance(e, MatrixRequestError) and (
+                e.status >= 500 or e.status == 429),
+            describe=lambda row: f"{row['op']} from {row['nick']}",
+            base_s=self.settings.retry_base_ms / 1000,
+            max_s=self.settings.retry_max_ms / 1000, label="inbox",
+            quiet=(MatrixRequestError,))
 
     async def puppet(self, nick: str) -> Intent:
         """The puppet of an IRC nick: registered, named after the nick."""

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 import secrets
 import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
+
+from bridges.appservice.tasks import backoff_delay, cancel_tasks
 
 log = logging.getLogger(__name__)
 
@@ -162,13 +163,8 @@ class IrcConnection:
             except (OSError, asyncio.TimeoutError, ConnectionError):
                 pass
         self._close()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        await cancel_tasks([self._task])
+        self._task = None
 
     def _close(self) -> None:
         self.ready.clear()
@@ -196,8 +192,8 @@ class IrcConnection:
             if self._stopping:
                 return
             failures = 0 if registered else failures + 1
-            ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** min(failures, 16))
-            await asyncio.sleep(ceiling / 2 + random.random() * ceiling / 2)
+            await asyncio.sleep(backoff_delay(self.backoff_base_s, self.backoff_max_s, failures,
+                                              max_exponent=16))
 
     async def _session(self) -> None:
         ctx = None

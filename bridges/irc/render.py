@@ -11,11 +11,10 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Callable
-from urllib.parse import quote
 
+from bridges.appservice.media import media_download_url as media_link
 from bridges.irc.formatting import html_to_irc, strip_formatting, strip_reply_fallback
 
 MEDIA_TYPES = {"m.image": "image", "m.file": "file", "m.video": "video", "m.audio": "audio"}
@@ -36,16 +35,6 @@ def human_size(n: Any) -> str | None:
             return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}".replace(".0 ", " ")
         n /= 1024  # type: ignore[assignment]
     return None
-
-
-def media_link(base_url: str, mxc: str, filename: str | None = None) -> str | None:
-    m = re.fullmatch(r"mxc://([^/]+)/([A-Za-z0-9_-]+)", mxc or "")
-    if not m:
-        return None
-    url = f"{base_url.rstrip('/')}/_matrix/media/v3/download/{m.group(1)}/{m.group(2)}"
-    if filename:
-        url += "/" + quote(filename, safe="")
-    return url
 
 
 def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from bridges.appservice.intent import MatrixRequestError, q
+from bridges.appservice.server import json_error, query_field
 from bridges.irc.config import valid_channel
 from bridges.irc.protocol import irc_lower
 
@@ -31,30 +32,17 @@ PROTOCOL = "irc"
 _NICK_RE = re.compile(r"^[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]{0,63}$")
 
 
-def _error(status: int, errcode: str, error: str) -> web.Response:
-    return web.json_response({"errcode": errcode, "error": error}, status=status)
-
-
 class ThirdPartyMixin:
     def add_thirdparty_routes(self) -> None:
-        r = self.server.app.router
-        base = "/_matrix/app/v1/thirdparty"
-        r.add_get(base + "/protocol/{protocol}", self._tp_protocol)
-        r.add_get(base + "/location/{protocol}", self._tp_location)
-        r.add_get(base + "/user/{protocol}", self._tp_user)
-        r.add_get(base + "/location", self._tp_location_reverse)
-        r.add_get(base + "/user", self._tp_user_reverse)
+        self.server.add_thirdparty_routes(
+            PROTOCOL, protocol_info=self._tp_protocol, location=self._tp_location,
+            user=self._tp_user, location_by_alias=self._tp_location_reverse,
+            user_by_id=self._tp_user_reverse, check=self._tp_check_network)
 
-    def _tp_check(self, request: web.Request) -> web.Response | None:
-        denied = self.server._check_token(request)
-        if denied is not None:
-            return denied
-        proto = request.match_info.get("protocol")
-        if proto is not None and proto != PROTOCOL:
-            return _error(404, "M_NOT_FOUND", f"Unknown protocol {proto!r}")
+    def _tp_check_network(self, request: web.Request) -> web.Response | None:
         network = request.query.get("network")
         if network is not None and network != self.settings.network:
-            return _error(404, "M_NOT_FOUND", f"Unknown network {network!r}")
+            return json_error(404, "M_NOT_FOUND", f"Unknown network {network!r}")
         return None
 
     def protocol_info(self) -> dict[str, Any]:
@@ -73,69 +61,51 @@ class ThirdPartyMixin:
         }
 
     async def _tp_protocol(self, request: web.Request) -> web.Response:
-        return self._tp_check(request) or web.json_response(self.protocol_info())
+        return web.json_response(self.protocol_info())
 
     def _location(self, channel: str) -> dict[str, Any]:
         return {"alias": self.alias_for(channel), "protocol": PROTOCOL,
                 "fields": {"network": self.settings.network, "channel": channel}}
 
+    def _user(self, user_id: str, nick: str) -> dict[str, Any]:
+        return {"userid": user_id, "protocol": PROTOCOL,
+                "fields": {"network": self.settings.network, "nickname": nick}}
+
     async def _tp_location(self, request: web.Request) -> web.Response:
-        denied = self._tp_check(request)
-        if denied is not None:
-            return denied
-        channel = request.query.get("channel")
-        if channel is None:
-            return _error(400, "M_MISSING_PARAM", "The 'channel' field is required")
+        channel = query_field(request, "channel", "The 'channel' field is required")
         if not valid_channel(channel) or not channel.startswith("#"):
-            return _error(400, "M_INVALID_PARAM", "Not an IRC channel name")
+            return json_error(400, "M_INVALID_PARAM", "Not an IRC channel name")
         key = irc_lower(channel)
         if key not in self.channel_rooms and not self.settings.dynamic_channels:
-            return _error(404, "M_NOT_FOUND", "That channel is not bridged")
+            return json_error(404, "M_NOT_FOUND", "That channel is not bridged")
         return web.json_response([self._location(key)])
 
     async def _tp_location_reverse(self, request: web.Request) -> web.Response:
-        denied = self._tp_check(request)
-        if denied is not None:
-            return denied
-        alias = request.query.get("alias")
-        if not alias:
-            return _error(400, "M_MISSING_PARAM", "The 'alias' parameter is required")
+        alias = query_field(request, "alias", "The 'alias' parameter is required",
+                            allow_empty=False)
         channel = self.channel_for_alias(alias)
         if channel is None or (channel not in self.channel_rooms and
                                not self.settings.dynamic_channels):
-            return _error(404, "M_NOT_FOUND", "Not a bridged channel's alias")
+            return json_error(404, "M_NOT_FOUND", "Not a bridged channel's alias")
         return web.json_response([self._location(channel)])
 
     async def _tp_user(self, request: web.Request) -> web.Response:
-        denied = self._tp_check(request)
-        if denied is not None:
-            return denied
-        nick = request.query.get("nickname")
-        if nick is None:
-            return _error(400, "M_MISSING_PARAM", "The 'nickname' field is required")
+        nick = query_field(request, "nickname", "The 'nickname' field is required")
         if not _NICK_RE.match(nick):
-            return _error(400, "M_INVALID_PARAM", "Not an IRC nick")
+            return json_error(400, "M_INVALID_PARAM", "Not an IRC nick")
         from bridges.irc.inbound import puppet_localpart
 
         user_id = await self.store.matrix_id("nick", irc_lower(nick)) or \
             self.client.user_id(puppet_localpart(self.settings.puppet_prefix, nick))
-        return web.json_response([{"userid": user_id, "protocol": PROTOCOL,
-                                   "fields": {"network": self.settings.network,
-                                              "nickname": nick}}])
+        return web.json_response([self._user(user_id, nick)])
 
     async def _tp_user_reverse(self, request: web.Request) -> web.Response:
-        denied = self._tp_check(request)
-        if denied is not None:
-            return denied
-        user_id = request.query.get("userid")
-        if not user_id:
-            return _error(400, "M_MISSING_PARAM", "The 'userid' parameter is required")
+        user_id = query_field(request, "userid", "The 'userid' parameter is required",
+                              allow_empty=False)
         nick = await self.store.remote_id("nick_display", user_id)
         if nick is None:
-            return _error(404, "M_NOT_FOUND", "Not a known IRC user")
-        return web.json_response([{"userid": user_id, "protocol": PROTOCOL,
-                                   "fields": {"network": self.settings.network,
-                                              "nickname": nick}}])
+            return json_error(404, "M_NOT_FOUND", "Not a known IRC user")
+        return web.json_response([self._user(user_id, nick)])
 
     # --- namespace queries from the homeserver -----------------------------------------------
 

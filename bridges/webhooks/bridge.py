@@ -36,7 +36,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bridges.appservice.bridge import Bridge
-from bridges.appservice.config import BridgeConfig, BridgeConfigError
+from bridges.appservice.config import BridgeConfig
 from bridges.appservice.intent import MatrixRequestError
 
 log = logging.getLogger(__name__)
@@ -152,10 +152,7 @@ class WebhooksBridge(Bridge):
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def on_start(self) -> None:
-        probe = self.client.user_id(self.settings.puppet_prefix + "probe")
-        if not self.is_ours(probe):
-            raise BridgeConfigError(f"webhooks.puppet_prefix: {probe} is not in the "
-                                    "registration's users namespace")
+        self.require_puppet_prefix("webhooks.puppet_prefix", self.settings.puppet_prefix)
         for h in self.settings.hooks:
             await self.store.execute(
                 "INSERT INTO webhook_in (secret_hash, room_id, signing_secret, created_by, "

@@ -21,6 +21,7 @@ from typing import Any
 from bridges.appservice.bridge import Bridge
 from bridges.appservice.config import BridgeConfig, BridgeConfigError
 from bridges.appservice.intent import MatrixRequestError, q
+from bridges.appservice.tasks import cancel_tasks
 from bridges.xmpp.config import RoomSection, XmppSection
 from bridges.xmpp.connection import ComponentConnection, NotConnected
 from bridges.xmpp.ids import (jid_of_puppet, localpart_of, matrix_user_jid, muc_of_portal_alias,
@@ -76,10 +77,7 @@ class XmppBridge(Bridge):
     # --- lifecycle ---------------------------------------------------------------------------
 
     def _check_namespaces(self) -> None:
-        probe = self.client.user_id(self.settings.puppet_prefix + "probe")
-        if not self.is_ours(probe):
-            raise BridgeConfigError(f"xmpp.puppet_prefix: {probe} is not in the registration's "
-                                    "users namespace")
+        self.require_puppet_prefix("xmpp.puppet_prefix", self.settings.puppet_prefix)
         if self.settings.portal_domains or any(r.room is None for r in self.settings.rooms):
             alias = f"#{self.settings.alias_prefix}probe:{self.client.server_name}"
             if not any(re.match(n.regex, alias) for n in self.registration.namespaces.aliases):
@@ -95,10 +93,8 @@ class XmppBridge(Bridge):
         for muc, room_id in await self.store.mappings("muc"):
             self.mucs.add(muc, room_id)
 
-    async def start(self) -> None:
-        await super().start()
-        # Rooms are set up once the transaction server listens: joining them makes the
-        # homeserver send transactions, and failed ones make it back off from the bridge.
+    async def on_listening(self) -> None:
+        # Joining rooms makes the homeserver send transactions, so only once they are heard.
         for section in self.settings.rooms:
             try:
                 await self._setup_room(section)
@@ -122,13 +118,7 @@ class XmppBridge(Bridge):
                                    self.settings.response_timeout_s)
         except asyncio.TimeoutError:
             pass
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_tasks(self._tasks)
         self._tasks = []
         await self.conn.stop()
         for room in self.mucs.rooms.values():

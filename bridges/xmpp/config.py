@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from bridges.appservice.config import PuppetingSection, Section
 from bridges.xmpp.ids import valid_bare_jid, valid_domain
 
-_PREFIX_RE = re.compile(r"^[a-z0-9._=/-]+$")
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ComponentSection(_Section):
+class ComponentSection(Section):
     # The component's own domain: Nexa users appear as <localpart>@<jid>.
     jid: str
     secret: str = Field(min_length=1)
@@ -43,7 +37,7 @@ class ComponentSection(_Section):
         return self
 
 
-class RoomSection(_Section):
+class RoomSection(Section):
     # A MUC (room@conference.example.org) and the room it is bridged to: a room ID or alias;
     # without one the bridge creates a public portal room #<alias_prefix><escaped muc>.
     muc: str
@@ -65,12 +59,7 @@ class RoomSection(_Section):
         return v
 
 
-class ReconnectSection(_Section):
-    base_ms: int = Field(1_000, ge=1)
-    max_ms: int = Field(60_000, ge=1)
-
-
-class XmppSection(_Section):
+class XmppSection(PuppetingSection):
     component: ComponentSection
     rooms: list[RoomSection] = []
     # XMPP users are @<puppet_prefix><escaped JID>; portal rooms #<alias_prefix><escaped MUC>.
@@ -86,28 +75,14 @@ class XmppSection(_Section):
     resource: str = "nexa"
     # Direct chats: XMPP users can message <localpart>@<component>.
     direct_chats: bool = True
-    # Base URL XMPP users download Nexa media from (default: homeserver.url).
-    media_url: str | None = None
     # Icon (mxc://) for third-party protocol lookups.
     icon: str = ""
     # Messages requested from a MUC's history when rejoining after a gap.
     history_max_stanzas: int = Field(100, ge=0, le=10_000)
-    reconnect: ReconnectSection = ReconnectSection()
-    ping_interval_s: float = Field(60, gt=0)
     # How long to wait for the XMPP server to answer a join or a ping.
     response_timeout_s: float = Field(15, gt=0)
-    # Retry delays for a queued message (either direction) that failed for now.
-    retry_base_ms: int = Field(500, ge=1)
-    retry_max_ms: int = Field(30_000, ge=1)
     # A queued message that failed this many times is dropped (and logged).
     max_attempts: int = Field(20, ge=1)
-
-    @field_validator("puppet_prefix", "alias_prefix")
-    @classmethod
-    def _prefix(cls, v: str) -> str:
-        if not _PREFIX_RE.match(v):
-            raise ValueError("must be a non-empty Matrix localpart prefix (a-z 0-9 ._=-/)")
-        return v
 
     @field_validator("portal_domains")
     @classmethod
@@ -125,13 +100,6 @@ class XmppSection(_Section):
         if not v or len(v) > 64 or any(ord(c) < 32 for c in v):
             raise ValueError("must be 1-64 printable characters")
         return v
-
-    @field_validator("media_url")
-    @classmethod
-    def _url(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^https?://\S+$", v):
-            raise ValueError("must be an http:// or https:// URL")
-        return v.rstrip("/") if v else v
 
     @field_validator("icon")
     @classmethod

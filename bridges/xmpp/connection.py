@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import secrets
 import xml.etree.ElementTree as ET
 from typing import Awaitable, Callable
@@ -23,6 +22,7 @@ from slixmpp.xmlstream import tostring
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
+from bridges.appservice.tasks import backoff_delay, cancel_tasks
 from bridges.xmpp.stanzas import NS_COMPONENT, NS_DISCO_INFO, NS_PING, NS_STANZAS, _q
 
 log = logging.getLogger(__name__)
@@ -91,13 +91,8 @@ class ComponentConnection:
             except Exception:
                 pass
             xmpp.abort()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        await cancel_tasks([self._task])
+        self._task = None
         self._set_down()
 
     @property
@@ -111,8 +106,7 @@ class ComponentConnection:
             await asyncio.wait_for(self._connected.wait(), timeout)
 
     def _backoff_s(self) -> float:
-        ceiling = min(self.max_ms, self.base_ms * (2 ** min(self.attempts, 30)))
-        return (ceiling / 2 + random.random() * ceiling / 2) / 1000
+        return backoff_delay(self.base_ms, self.max_ms, self.attempts) / 1000
 
     async def _run(self) -> None:
         while not self._stopping:

@@ -18,7 +18,8 @@ import re
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from typing import Any
-from urllib.parse import quote
+
+from bridges.appservice.media import media_download_url
 
 XHTML_IM_NS = "http://jabber.org/protocol/xhtml-im"
 XHTML_NS = "http://www.w3.org/1999/xhtml"
@@ -156,13 +157,7 @@ def xhtml_wrap(body: ET.Element) -> ET.Element:
 
 
 def media_url(mxc: str, base_url: str, filename: str | None = None) -> str | None:
-    m = re.fullmatch(r"mxc://([^/\s]+)/([A-Za-z0-9_\-]+)", mxc or "")
-    if not m:
-        return None
-    url = f"{base_url.rstrip('/')}/_matrix/media/v3/download/{m.group(1)}/{m.group(2)}"
-    if filename:
-        url += "/" + quote(filename, safe="")
-    return url
+    return media_download_url(base_url, mxc, filename)
 
 
 def matrix_to_xmpp(content: dict[str, Any], media_base: str) -> dict[str, Any] | None:

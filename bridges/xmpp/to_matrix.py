@@ -13,7 +13,6 @@ the answer to its barrier ping).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import secrets
@@ -22,6 +21,7 @@ import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING, Any
 
 from bridges.appservice.intent import Intent, MatrixRequestError, q
+from bridges.appservice.tasks import QueueWorker
 from bridges.xmpp.connection import NotConnected
 from bridges.xmpp.format import edit_content, xmpp_to_matrix
 from bridges.xmpp.ids import bare_jid, jid_matrix_user, puppet_localpart
@@ -44,16 +44,14 @@ def dm_key(jid: str, user_id: str) -> str:
     return f"{jid}|{user_id}"
 
 
-class Inbound:
+class Inbound(QueueWorker):
+    label = "XMPP -> Matrix"
+
     def __init__(self, bridge: "XmppBridge") -> None:
-        self.b = bridge
         s = bridge.settings
-        self.queue = Queue(bridge.store, "xmpp_inbox", s.retry_base_ms, s.retry_max_ms)
+        super().__init__(Queue(bridge.store, "xmpp_inbox", s.retry_base_ms, s.retry_max_ms))
+        self.b = bridge
         self.errors: dict[str, Error] = {}
-        self.wake = asyncio.Event()
-        self.idle = asyncio.Event()  # not in the middle of a row (a clean stop waits for it)
-        self.idle.set()
-        self.stopping = False
         self.applied = 0
 
     @property
@@ -237,32 +235,7 @@ class Inbound:
 
     # --- applying ----------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        while not self.stopping:
-            try:
-                row = await self.queue.head()
-                if row is None or row["next_at"] > time.time():
-                    wait = 60.0 if row is None else row["next_at"] - time.time()
-                    self.wake.clear()
-                    try:
-                        await asyncio.wait_for(self.wake.wait(), max(0.01, wait))
-                    except asyncio.TimeoutError:
-                        pass
-                    continue
-                if self.stopping:
-                    return
-                self.idle.clear()
-                try:
-                    await self._apply_row(row)
-                finally:
-                    self.idle.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("XMPP -> Matrix worker error")
-                await asyncio.sleep(1)
-
-    async def _apply_row(self, row: dict[str, Any]) -> None:
+    async def handle_row(self, row: dict[str, Any]) -> None:
         try:
             await self.apply(row["op"], row["payload"], row["dedupe"])
         except MatrixRequestError as e:

@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING, Any
 
 from bridges.appservice.intent import MatrixRequestError, q
+from bridges.appservice.tasks import QueueWorker
 from bridges.xmpp.connection import NotConnected
 from bridges.xmpp.format import matrix_to_xmpp, reply_fallback
 from bridges.xmpp.ids import jid_of_puppet, localpart_of, sanitize_nick
@@ -46,15 +46,13 @@ class Retry(Exception):
     pass
 
 
-class Outbound:
+class Outbound(QueueWorker):
+    label = "Matrix -> XMPP"
+
     def __init__(self, bridge: "XmppBridge") -> None:
-        self.b = bridge
         s = bridge.settings
-        self.queue = Queue(bridge.store, "xmpp_outbox", s.retry_base_ms, s.retry_max_ms)
-        self.wake = asyncio.Event()
-        self.idle = asyncio.Event()  # not in the middle of a row (a clean stop waits for it)
-        self.idle.set()
-        self.stopping = False
+        super().__init__(Queue(bridge.store, "xmpp_outbox", s.retry_base_ms, s.retry_max_ms))
+        self.b = bridge
         self.sent = 0
 
     # --- events from the homeserver ----------------------------------------------------------
@@ -227,33 +225,10 @@ class Outbound:
 
     # --- the worker --------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        while not self.stopping:
-            try:
-                await self.b.ready.wait()
-                row = await self.queue.head()
-                if row is None or row["next_at"] > time.time():
-                    wait = 60.0 if row is None else row["next_at"] - time.time()
-                    self.wake.clear()
-                    try:
-                        await asyncio.wait_for(self.wake.wait(), max(0.01, wait))
-                    except asyncio.TimeoutError:
-                        pass
-                    continue
-                if self.stopping:
-                    return
-                self.idle.clear()
-                try:
-                    await self._process_row(row)
-                finally:
-                    self.idle.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("Matrix -> XMPP worker error")
-                await asyncio.sleep(1)
+    async def before_row(self) -> None:
+        await self.b.ready.wait()
 
-    async def _process_row(self, row: dict[str, Any]) -> None:
+    async def handle_row(self, row: dict[str, Any]) -> None:
         op, p = row["op"], row["payload"]
         try:
             await self.process(op, p)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import signal
 import sys
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
@@ -20,6 +19,7 @@ import aiohttp
 import nio
 import yaml
 
+from tests.bridges.support import stop_process
 from tests.servers import free_port
 
 T = TypeVar("T")
@@ -105,13 +105,7 @@ class Heisenbridge:
 
     async def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except asyncio.TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc, 10)
         if self._log is not None:
             self._log.close()
             self._log = None

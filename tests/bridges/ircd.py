@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from tests.bridges.support import stop_process
+
 NGIRCD = os.environ.get("NEXA_TEST_NGIRCD", "/usr/sbin/ngircd")
 
 
@@ -130,13 +132,7 @@ class NgIRCd:
 
     async def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except asyncio.TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc, 10)
         if self._reader is not None:
             try:
                 await asyncio.wait_for(self._reader, 5)

@@ -22,6 +22,7 @@ import yaml
 
 from tests.bridges.conftest import FAST_RETRIES
 from tests.bridges.ircd import IrcTestClient, NgIRCd, ngircd_available
+from tests.bridges.support import adapter_registration, poll, stop_process
 from tests.servers import REQUIRE_SERVICES, free_port, start_server
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -101,15 +102,7 @@ class IrcEnv:
         self.gate = TcpGate(self.ircd.port)
         await self.gate.start()
         reg_path = self.tmp / "irc-registration.yaml"
-        self.registration = {
-            "id": "irc", "url": f"http://127.0.0.1:{self.port}",
-            "as_token": "as_" + secrets.token_hex(16), "hs_token": "hs_" + secrets.token_hex(16),
-            "sender_localpart": "ircbot",
-            "namespaces": {"users": [{"regex": "@irc_.*", "exclusive": True}],
-                           "aliases": [{"regex": "#irc_.*", "exclusive": True}], "rooms": []},
-            "rate_limited": False, "protocols": ["irc"],
-        }
-        reg_path.write_text(yaml.safe_dump(self.registration))
+        self.registration = adapter_registration(reg_path, "irc", self.port, "ircbot")
         self.srv = await start_server(self.tmp, self.backend, appservices=[str(reg_path)],
                                       # Creating a portal on an alias query takes a
                                       # createRoom: more than FAST_RETRIES' 2 s under load.
@@ -129,6 +122,20 @@ class IrcEnv:
             "homeserver": {"url": self.srv.base_url, "server_name": self.srv.server_name},
             "registration": reg_path.name, "listen": {"host": "127.0.0.1", "port": self.port},
             "database": "irc-bridge.db", "logging": {"level": "DEBUG"}, "irc": irc}))
+
+    async def start(self, **irc_overrides: Any) -> None:
+        await self.setup(**irc_overrides)
+        await self.start_bridge()
+
+    async def start_with_alice_and_bob(self, **irc_overrides: Any
+                                       ) -> tuple[IrcTestClient, "MatrixUser"]:
+        """The bridge started; alice on IRC and bob (display name Bob) in the portal room,
+        his puppet (Bob[m]) seen joining the channel by alice."""
+        await self.start(**irc_overrides)
+        alice = await self.irc("alice")
+        bob = await self.matrix("bob", displayname="Bob")
+        await alice.wait_for(lambda m: m.command == "JOIN" and m.nick == "Bob[m]")
+        return alice, bob
 
     @property
     def server_name(self) -> str:
@@ -174,15 +181,8 @@ class IrcEnv:
             conn.close()
 
     async def stop_bridge(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 20)
-            except asyncio.TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        rc = self.proc.returncode if self.proc else 0
-        self.proc = None
+        proc, self.proc = self.proc, None
+        rc = await stop_process(proc, 20) or 0
         assert rc == 0, f"bridge exited with {rc}\n{self.bridge_log()}"
 
     def bridge_log(self) -> str:
@@ -320,17 +320,6 @@ def privmsg(text: str | None = None, nick: str | None = None, command: str = "PR
         return m.command == command and (nick is None or m.nick.lower() == nick.lower()) and \
             (text is None or m.text == text)
     return pred
-
-
-async def poll(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -15,11 +15,7 @@ from tests.bridges.irc.conftest import CHANNEL, ROOT, is_msg, privmsg
 
 async def test_transactions_and_lookups_need_the_token(irc_env):
     env = irc_env
-    await env.setup()
-    await env.start_bridge()
-    alice = await env.irc("alice")
-    bob = await env.matrix("bob", displayname="Bob")
-    await alice.wait_for(lambda m: m.command == "JOIN" and m.nick == "Bob[m]")
+    alice, bob = await env.start_with_alice_and_bob()
     base = f"http://127.0.0.1:{env.port}/_matrix/app/v1"
     good = {"Authorization": f"Bearer {env.registration['hs_token']}"}
     forged = {"events": [{"type": "m.room.message", "room_id": env.room_id,
@@ -97,8 +93,7 @@ async def test_transactions_and_lookups_need_the_token(irc_env):
 
 async def test_portal_on_demand_by_alias(irc_env):
     env = irc_env
-    await env.setup()
-    await env.start_bridge()
+    await env.start()
     dave = await env.irc("dave", join=False)
     await dave.join("#other")
     bob = await env.matrix("bob", displayname="Bob", join=False)

@@ -7,12 +7,8 @@ from tests.bridges.irc.conftest import CHANNEL, is_msg, privmsg
 
 async def test_messages_both_ways_with_puppet_names(irc_env):
     env = irc_env
-    await env.setup()
-    await env.start_bridge()
-    alice = await env.irc("alice")
-    bob = await env.matrix("bob", displayname="Bob")
     # Bob's own IRC connection joins under his name, with the suffix.
-    await alice.wait_for(lambda m: m.command == "JOIN" and m.nick == "Bob[m]")
+    alice, bob = await env.start_with_alice_and_bob()
     await bob.text(env.room_id, "hello irc")
     await alice.wait_for(privmsg("hello irc", nick="Bob[m]"))
     await alice.privmsg(CHANNEL, "hello nexa")
@@ -25,11 +21,7 @@ async def test_messages_both_ways_with_puppet_names(irc_env):
 
 async def test_formatting_actions_notices_both_ways(irc_env):
     env = irc_env
-    await env.setup()
-    await env.start_bridge()
-    alice = await env.irc("alice")
-    bob = await env.matrix("bob", displayname="Bob")
-    await alice.wait_for(lambda m: m.command == "JOIN" and m.nick == "Bob[m]")
+    alice, bob = await env.start_with_alice_and_bob()
 
     # IRC -> Nexa: mIRC codes become HTML; /me becomes m.emote; NOTICE m.notice.
     await alice.privmsg(CHANNEL, "\x02bold\x02 plain \x1ditalic\x1d \x0304red\x03 \x1fu\x1f")
@@ -74,11 +66,7 @@ async def test_long_messages_replies_edits_and_media(irc_env):
     import aiohttp
 
     env = irc_env
-    await env.setup()
-    await env.start_bridge()
-    alice = await env.irc("alice")
-    bob = await env.matrix("bob", displayname="Bob")
-    await alice.wait_for(lambda m: m.command == "JOIN" and m.nick == "Bob[m]")
+    alice, bob = await env.start_with_alice_and_bob()
 
     # A long message is split at the line limit on word/UTF-8 boundaries, nothing lost.
     words = [f"wörd{i}" for i in range(260)]

@@ -12,11 +12,7 @@ def member(user_id: str, membership: str):
 
 async def test_joins_parts_nicks_and_topics(irc_env):
     env = irc_env
-    await env.setup()
-    await env.start_bridge()
-    alice = await env.irc("alice")
-    bob = await env.matrix("bob", displayname="Bob")
-    await alice.wait_for(lambda m: m.command == "JOIN" and m.nick == "Bob[m]")
+    alice, bob = await env.start_with_alice_and_bob()
     # alice was already in the channel: her puppet is in the room.
     await bob.wait_for(member(env.puppet_id("alice"), "join"))
 
@@ -73,8 +69,7 @@ async def test_joins_parts_nicks_and_topics(irc_env):
 
 async def test_relay_mode_is_clearly_marked(irc_env):
     env = irc_env
-    await env.setup(mode="relay", max_lines=2)
-    await env.start_bridge()
+    await env.start(mode="relay", max_lines=2)
     alice = await env.irc("alice")
     bob = await env.matrix("bob", displayname="Bob")
     await bob.text(env.room_id, "via the relay")

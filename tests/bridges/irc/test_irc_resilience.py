@@ -3,16 +3,13 @@ restarting. Messages arrive once each, in order."""
 
 from __future__ import annotations
 
-from tests.bridges.irc.conftest import CHANNEL, is_msg, poll, privmsg
+from tests.bridges.irc.conftest import CHANNEL, is_msg, privmsg
+from tests.bridges.support import poll
 
 
 async def test_bridge_restart_loses_nothing(irc_env):
     env = irc_env
-    await env.setup()
-    await env.start_bridge()
-    alice = await env.irc("alice")
-    bob = await env.matrix("bob", displayname="Bob")
-    await alice.wait_for(lambda m: m.command == "JOIN" and m.nick == "Bob[m]")
+    alice, bob = await env.start_with_alice_and_bob()
     await bob.text(env.room_id, "before")
     await alice.wait_for(privmsg("before", nick="Bob[m]"))
     await alice.privmsg(CHANNEL, "irc before")
@@ -57,11 +54,7 @@ async def test_bridge_restart_loses_nothing(irc_env):
 
 async def test_irc_server_restart_reconnects_and_delivers_queued(irc_env):
     env = irc_env
-    await env.setup()
-    await env.start_bridge()
-    alice = await env.irc("alice")
-    bob = await env.matrix("bob", displayname="Bob")
-    await alice.wait_for(lambda m: m.command == "JOIN" and m.nick == "Bob[m]")
+    alice, bob = await env.start_with_alice_and_bob()
     await bob.text(env.room_id, "first")
     await alice.wait_for(privmsg("first", nick="Bob[m]"))
     carol = await env.irc("carol")
@@ -98,8 +91,7 @@ async def test_irc_server_restart_reconnects_and_delivers_queued(irc_env):
 
 async def test_nick_collision_gets_another_nick(irc_env):
     env = irc_env
-    await env.setup()
-    await env.start_bridge()
+    await env.start()
     squatter = await env.irc("Bob[m]")
     alice = await env.irc("alice")
     bob = await env.matrix("bob", displayname="Bob")

@@ -11,19 +11,9 @@ from typing import Any, Callable
 import nio
 import slixmpp
 
+from tests.bridges.support import poll
+
 NS_MUC_USER = "http://jabber.org/protocol/muc#user"
-
-
-async def poll(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 class XmppTestClient:
@@ -167,16 +157,10 @@ class MatrixTestUser:
 
     async def wait_for(self, pred: Callable[[], Any], timeout: float = 25,
                        what: str = "condition") -> Any:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            value = pred()
-            if value:
-                return value
-            if loop.time() > deadline:
-                raise AssertionError(f"{self.user_id}: timed out waiting for {what}; last "
-                                     f"events: {[(e['type'], e.get('content')) for e in self.events[-8:]]}")
-            await self.sync(500)
+        return await poll(pred, timeout, f"{what} ({self.user_id})",
+                          step=lambda: self.sync(500),
+                          detail=lambda: "last events: " + repr(
+                              [(e["type"], e.get("content")) for e in self.events[-8:]]))
 
     def messages(self, room_id: str, sender: str | None = None) -> list[dict]:
         return [e for e in self.events if e["room_id"] == room_id and

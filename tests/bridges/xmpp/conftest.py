@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from tests.bridges.conftest import FAST_RETRIES
-from tests.bridges.xmpp.clients import MatrixTestUser, XmppTestClient, poll
+from tests.bridges.support import adapter_registration, poll, stop_process
+from tests.bridges.xmpp.clients import MatrixTestUser, XmppTestClient
 from tests.bridges.xmpp.prosody import (COMPONENT_DOMAIN, DOMAIN, MUC_DOMAIN, Prosody,
                                         prosody_available)
 from tests.servers import REQUIRE_SERVICES, free_port, start_server
@@ -52,15 +53,7 @@ class XmppEnv:
             self.prosody.register(user, f"pw-{user}")
         await self.prosody.start()
         reg_path = self.tmp / "xmpp-registration.yaml"
-        self.registration = {
-            "id": "xmpp", "url": f"http://127.0.0.1:{self.port}",
-            "as_token": "as_" + secrets.token_hex(16), "hs_token": "hs_" + secrets.token_hex(16),
-            "sender_localpart": "xmppbot",
-            "namespaces": {"users": [{"regex": "@xmpp_.*", "exclusive": True}],
-                           "aliases": [{"regex": "#xmpp_.*", "exclusive": True}], "rooms": []},
-            "rate_limited": False, "protocols": ["xmpp"],
-        }
-        reg_path.write_text(yaml.safe_dump(self.registration))
+        self.registration = adapter_registration(reg_path, "xmpp", self.port, "xmppbot")
         self.srv = await start_server(self.tmp, self.backend, appservices=[str(reg_path)],
                                       appservice_sender=FAST_RETRIES)
         # The Matrix side of the bridged MUC: a public room with an alias, made by a user.
@@ -134,14 +127,14 @@ class XmppEnv:
 
     async def stop_bridge(self, sig: int = signal.SIGTERM) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            await asyncio.wait_for(proc.wait(), 20)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop_process(proc, 20, sig)
+
+    async def alice_and_bob(self, alice_name: str = "Alice"
+                            ) -> tuple[MatrixTestUser, XmppTestClient, str]:
+        """alice in the bridged room, bob (nick Bob) on XMPP, and bob's puppet's user ID."""
+        alice = await self.matrix("alice", alice_name)
+        bob = await self.xmpp("bob", "Bob")
+        return alice, bob, self.puppet("bob@localhost")
 
     async def xmpp(self, user: str, nick: str | None = None, maxstanzas: int = 0
                    ) -> XmppTestClient:
@@ -157,7 +150,7 @@ class XmppEnv:
             max_timeouts=0, max_limit_exceeded=0, request_timeout=30, store_sync_tokens=False,
             encryption_enabled=False))
         username = f"{name}{secrets.token_hex(3)}"
-        resp = await client.register(username, "pw-" + username, device_name="test")
+        resp = await client.register(username, f"pw-{username}-1", device_name="test")
         assert isinstance(resp, nio.RegisterResponse), resp
         user = MatrixTestUser(client)
         self.matrix_users.append(user)

@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from tests.bridges.support import stop_process
 from tests.servers import free_port
 
 PROSODY = shutil.which("prosody") or "/usr/bin/prosody"
@@ -141,14 +142,7 @@ Component {_lua(COMPONENT_DOMAIN)}
 
     async def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop_process(proc, 15)
 
     def log_tail(self, n: int = 40) -> str:
         try:

@@ -11,9 +11,7 @@ from tests.bridges.xmpp.conftest import MUC
 
 
 async def ready_pair(env):
-    alice = await env.matrix("alice", "Alice")
-    bob = await env.xmpp("bob", "Bob")
-    bob_puppet = env.puppet("bob@localhost")
+    alice, bob, bob_puppet = await env.alice_and_bob()
     await bob.wait_for(lambda: any(p["from"] == f"{MUC}/Alice" for p in bob.presences),
                        what="Alice's occupant")
     bob.groupchat(MUC, "ping from xmpp").send()

@@ -23,9 +23,7 @@ def message_with(body: str):
 async def test_messages_both_ways_with_named_puppets(xmpp_env):
     env = xmpp_env
     await env.start_bridge()
-    alice = await env.matrix("alice", "Alice Liddell")
-    bob = await env.xmpp("bob", "Bob")
-    bob_puppet = env.puppet("bob@localhost")
+    alice, bob, bob_puppet = await env.alice_and_bob("Alice Liddell")
 
     # XMPP -> Nexa: Bob's puppet joins under his nick and says what he said.
     await alice.wait_for(lambda: alice.find(env.room_id, is_member_event(bob_puppet, "join")),
@@ -134,9 +132,7 @@ async def test_membership_nicks_and_subject(xmpp_env):
 async def test_emotes_corrections_replies_formatting_and_files(xmpp_env):
     env = xmpp_env
     await env.start_bridge()
-    alice = await env.matrix("alice", "Alice")
-    bob = await env.xmpp("bob", "Bob")
-    bob_puppet = env.puppet("bob@localhost")
+    alice, bob, bob_puppet = await env.alice_and_bob()
     await alice.wait_for(lambda: alice.find(env.room_id, is_member_event(bob_puppet, "join")))
     await bob.wait_for(lambda: any(p["from"] == f"{MUC}/Alice" for p in bob.presences))
 
