@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import sys
 from typing import Any
 
 import aiohttp
+
+# No request of a test takes this long; aiohttp's own default (5 minutes) hid a hang for that long.
+REQUEST_TIMEOUT_S = 90
+
+
+def dump_tasks(reason: str) -> None:
+    """Print every asyncio task's stack (the servers under test run in this process), so a
+    request that never gets an answer shows where the server is waiting."""
+    print(f"\n=== {reason}: asyncio tasks ===", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=12, file=sys.stderr)
 
 
 class Response:
@@ -90,12 +103,17 @@ class Api:
             kw["data"] = raw
         elif body is not None:
             kw["json"] = body
-        async with self.session.request(method, url, **kw) as r:
-            try:
-                data = await r.json(content_type=None)
-            except Exception:
-                data = await r.text()
-            return Response(r.status, data, r.headers)
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                async with self.session.request(method, url, **kw) as r:
+                    try:
+                        data = await r.json(content_type=None)
+                    except Exception:
+                        data = await r.text()
+                    return Response(r.status, data, r.headers)
+        except TimeoutError:
+            dump_tasks(f"{method} {path} got no answer in {REQUEST_TIMEOUT_S} s")
+            raise
 
     async def register(self, username: str | None = None, password: str = "correct horse 42") -> User:
         username = username or f"u{secrets.token_hex(5)}"
