@@ -26,6 +26,15 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshot
 SIZES = {"phone": (375, 812), "tablet": (768, 1024), "desktop": (1440, 900)}
 TIMEOUT_MS = 15_000
 
+try:
+    from playwright.async_api import expect as _expect
+except ImportError:  # reported by the browser fixture
+    pass
+else:
+    # Assertions wait as long as actions do: with both cores busy, the first screen took longer
+    # than expect()'s default 5 s to leave "Loading…".
+    _expect.set_options(timeout=TIMEOUT_MS)
+
 
 def _unavailable(reason: str) -> None:
     if REQUIRE_SERVICES:
