@@ -23,7 +23,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import orjson
-from tortoise.transactions import in_transaction
+from homeserver.storage.transactions import in_transaction
 
 from homeserver.events.signing import SignatureError, verify_json
 from homeserver.handlers.state import LRU

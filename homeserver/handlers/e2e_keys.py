@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any, Iterable
 
 import orjson
-from tortoise.transactions import in_transaction
+from homeserver.storage.transactions import in_transaction
 
 from homeserver.errors import MatrixError, bad_json, invalid_param
 from homeserver.events.signing import SignatureError, verify_json

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from tortoise.transactions import in_transaction
+from homeserver.storage.transactions import in_transaction
 
 from homeserver.errors import MatrixError, bad_json, invalid_param, not_found
 from homeserver.storage import e2e as store

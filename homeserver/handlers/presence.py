@@ -11,7 +11,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from tortoise.transactions import in_transaction
+from homeserver.storage.transactions import in_transaction
 
 from homeserver.errors import forbidden, invalid_param
 from homeserver.handlers.state import LRU

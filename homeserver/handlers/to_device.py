@@ -21,7 +21,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from tortoise.transactions import in_transaction
+from homeserver.storage.transactions import in_transaction
 
 from homeserver.errors import MatrixError, bad_json, invalid_param
 from homeserver.handlers.auth import Requester

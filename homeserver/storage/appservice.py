@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tortoise.transactions import in_transaction
+from homeserver.storage.transactions import in_transaction
 
 from homeserver.storage import sql
 from homeserver.storage.sealed import APPSERVICE_TXN_BODY

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from tortoise.transactions import in_transaction
+from homeserver.storage.transactions import in_transaction
 
 from homeserver.crypto.at_rest import PREFIX
 from homeserver.storage import sql
