@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import signal
 import sys
 from typing import Any
 
@@ -17,6 +16,7 @@ from bridges.appservice.config import BridgeConfig, BridgeConfigError
 from bridges.appservice.intent import HomeserverClient, Intent, MatrixRequestError
 from bridges.appservice.server import AppServiceServer
 from bridges.appservice.store import Store
+from bridges.appservice.tasks import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +86,7 @@ class Bridge:
         await self.store.close()
 
     async def run_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, self._stopping.set)
-            except (NotImplementedError, RuntimeError):
-                pass
+        stop_on_signals(self._stopping)
         try:
             await self.start()
         except BridgeConfigError as e:

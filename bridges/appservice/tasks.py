@@ -6,10 +6,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import signal
 import time
 from typing import Any, Awaitable, Callable, Iterable
 
 log = logging.getLogger(__name__)
+
+
+def stop_on_signals(stopping: asyncio.Event) -> None:
+    """SIGINT and SIGTERM set `stopping` (where the loop supports signal handlers)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stopping.set)
+        except (NotImplementedError, RuntimeError):
+            pass
 
 
 def backoff_delay(base: float, ceiling: float, attempt: int, max_exponent: int = 30) -> float:

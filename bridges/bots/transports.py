@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 from typing import Any, Protocol
 
 import aiohttp
@@ -15,6 +14,7 @@ from bridges.appservice.bridge import Bridge
 from bridges.appservice.config import BridgeConfig, BridgeConfigError
 from bridges.appservice.intent import MatrixRequestError, q
 from bridges.appservice.store import Store
+from bridges.appservice.tasks import stop_on_signals
 from bridges.bots.sdk import Bot, BotSection
 
 log = logging.getLogger(__name__)
@@ -169,12 +169,7 @@ class ClientTransport:
         await self.store.close()
 
     async def run_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, self._stopping.set)
-            except (NotImplementedError, RuntimeError):
-                pass
+        stop_on_signals(self._stopping)
         await self.start()
         print(f"{self.bot_sdk.name} bot running as {self.user_id}", flush=True)
         try:
