@@ -4,7 +4,9 @@ tortoise-orm's SQLite transaction context takes the connection's transaction loc
 awaits the connection and BEGIN. A cancellation that lands in that window (a client that goes
 away, a page reload aborting its requests) leaves `async with` before the body and never runs
 `__aexit__`: the lock stays taken and every later transaction of the server waits forever.
-This wrapper notices when its context took the lock and gives everything back.
+The pooled (PostgreSQL) context has the same window between taking a connection from the pool
+and BEGIN: the connection never went back, and a few such cancellations exhaust the pool.
+This wrapper notices what its context took and gives everything back.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
+from tortoise.backends.base.client import TransactionContextPooled
 from tortoise.connection import get_connections
 from tortoise.transactions import in_transaction as _tortoise_in_transaction
 
@@ -48,12 +51,12 @@ async def in_transaction(connection_name: str | None = None) -> AsyncIterator[An
         conn = await ctx.__aenter__()
     except BaseException:
         if tracked is not None and tracked.held:  # cancelled after taking the lock
-            token = getattr(ctx, "token", None)
-            if token is not None:
-                get_connections().reset(token)
+            _reset_context_var(ctx)
             with contextlib.suppress(Exception):
                 await ctx.connection.rollback()  # BEGIN may have run already
             tracked.release()
+        elif isinstance(ctx, TransactionContextPooled):
+            await _return_pooled_connection(ctx)
         raise
     try:
         yield conn
@@ -62,3 +65,22 @@ async def in_transaction(connection_name: str | None = None) -> AsyncIterator[An
         raise
     else:
         await ctx.__aexit__(None, None, None)
+
+
+def _reset_context_var(ctx: Any) -> None:
+    token = getattr(ctx, "token", None)  # set once the context bound its connection
+    if token is not None:
+        get_connections().reset(token)
+
+
+async def _return_pooled_connection(ctx: TransactionContextPooled) -> None:
+    client = ctx.client
+    conn, parent = client._connection, client._parent
+    if conn is None or conn is parent._connection or parent._pool is None:
+        return  # nothing was taken from the pool
+    _reset_context_var(ctx)
+    with contextlib.suppress(Exception):
+        if conn.is_in_transaction():  # BEGIN ran already (release would roll back, and warn)
+            await conn.execute("ROLLBACK")
+    with contextlib.suppress(Exception):
+        await parent._pool.release(conn)
