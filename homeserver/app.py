@@ -9,6 +9,7 @@ from quart import Quart, request
 from werkzeug.exceptions import HTTPException
 
 from homeserver.api.common import reject_nul_in_url, respond
+from homeserver.api.connection import WritesOutliveClientConnection
 from homeserver.config import Config
 from homeserver.errors import MatrixError
 from homeserver.server import HomeServer
@@ -39,6 +40,7 @@ def create_app(config: Config, hs: HomeServer | None = None) -> Quart:
 
     hs = hs or HomeServer(config)
     app = Quart("nexa", static_folder=None)
+    app.asgi_http_class = WritesOutliveClientConnection
     # Matrix paths like /state/{type}/ (empty state key) must not redirect.
     app.url_map.strict_slashes = False
     app.config["NEXA_HS"] = hs

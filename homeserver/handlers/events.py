@@ -7,6 +7,7 @@ persistence is serialised per process (stream orderings become visible in increa
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
@@ -37,6 +38,18 @@ OutboxHook = Callable[[dict, str], Awaitable[tuple[list[tuple[str, list[Any]]],
                                                    Callable[[], None] | None]]]
 
 
+def runs_to_completion(fn):
+    """A write that, once started, finishes even when its caller is cancelled (a client
+    that went away, a bridge request that timed out): a cancellation between the commit and
+    the caches that follow it would leave the current state or stream positions behind the
+    database, and a half-written room lock section would let the next event fork from stale
+    state. The caller still sees the cancellation."""
+    @functools.wraps(fn)
+    async def wrapper(*args, **kwargs):
+        return await asyncio.shield(fn(*args, **kwargs))
+    return wrapper
+
+
 class EventHandler:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
@@ -61,6 +74,7 @@ class EventHandler:
         """Held while an event is written and the caches follow it."""
         return self._persist_lock
 
+    @runs_to_completion
     async def send_event(
         self,
         room_id: str,
@@ -185,6 +199,7 @@ class EventHandler:
             servers.add(server_of(target))
         return sorted(servers)
 
+    @runs_to_completion
     async def persist_event(
         self, pdu: dict, event_id: str, *, state_before: dict[StateKey, str],
         base_group: int | None, new_current: dict[StateKey, str] | None,
@@ -315,6 +330,7 @@ class EventHandler:
                 after_commit()
         return row
 
+    @runs_to_completion
     async def set_out_of_room_membership(self, room_id: str, user_id: str, membership: str,
                                          event_id: str) -> None:
         """A local user's membership in a room whose state we don't hold (a remote invite or
