@@ -121,6 +121,12 @@ class MediaConfig(_Section):
     max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1024)
 
 
+class CachesConfig(_Section):
+    # Decoded events kept in memory (about 3 KB each): the hot set of a busy server. The cache
+    # is what grows a long-running server's memory, so it is bounded here.
+    events: int = Field(10_000, ge=100, le=10_000_000)
+
+
 class AtRestConfig(_Section):
     """Encryption at rest (docs/at-rest-encryption.md). The keys come from the environment
     variable NEXA_AT_REST_KEY when it is set, otherwise from key_file."""
@@ -176,6 +182,7 @@ class Config(_Section):
     logging: LoggingConfig = LoggingConfig()
     federation: FederationConfig = FederationConfig()
     media: MediaConfig = MediaConfig()
+    caches: CachesConfig = CachesConfig()
     at_rest: AtRestConfig = AtRestConfig()
     notifier: NotifierConfig = NotifierConfig()
     # Application-service registration files (bridges).

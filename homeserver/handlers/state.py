@@ -56,7 +56,7 @@ class LRU(OrderedDict):
 class StateHandler:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
-        self._events: LRU = LRU(50_000)
+        self._events: LRU = LRU(hs.config.caches.events)
         self._current: LRU = LRU(5_000)  # room_id -> dict[StateKey, event_id]
         self._groups: LRU = LRU(2_000)  # state_group -> dict[StateKey, event_id]
         self._versions: dict[str, RoomVersion] = {}
