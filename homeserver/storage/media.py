@@ -101,7 +101,14 @@ class MediaStore:
     async def write_stream(self, chunks: AsyncIterable[bytes], max_bytes: int) -> tuple[str, int]:
         """Store everything `chunks` yields; (sha256, size). TooLarge as soon as the total goes
         over `max_bytes`, and then nothing is kept. Any other failure also keeps nothing."""
-        tmp_path, fh = await asyncio.to_thread(self._new_temp)
+        # A cancellation (the uploader went away) while the worker thread creates the file
+        # must not leave it behind: the creation runs to its end and is then discarded.
+        creating = asyncio.ensure_future(asyncio.to_thread(self._new_temp))
+        try:
+            tmp_path, fh = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            await asyncio.to_thread(self._discard, *(await creating))
+            raise
         live = self._keyring()
         out = fh
         hasher = hashlib.sha256()
