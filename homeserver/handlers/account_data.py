@@ -8,6 +8,7 @@ also updates the privacy columns of the user in the same transaction.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import orjson
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from homeserver.server import HomeServer
 
 SERVER_MANAGED = ("m.fully_read", "m.push_rules")
+TAG_TYPE = "m.tag"  # room tags (favourites, low priority …) live in this room account data
+MAX_TAG_BYTES = 255
 PRIVACY_TYPE = "im.nexa.privacy"
 INVITE_POLICIES = ("anyone", "shared_rooms")
 MAX_TYPE_LENGTH = 255
@@ -51,6 +54,8 @@ def _check_type(type_: str) -> None:
 class AccountDataHandler:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
+        # Tag changes read, change and write one document: one at a time, so none is lost.
+        self._tags_lock = asyncio.Lock()
 
     def current_position(self) -> int:
         return self.hs.ids.account_data.visible
@@ -92,6 +97,43 @@ class AccountDataHandler:
                 await store.set_privacy_columns(user_id, searchable, policy, conn)
 
         await self.write(user_id, room_id or "", type_, orjson.dumps(content).decode(), extra)
+
+    # --- room tags (stored as the room's m.tag account data, so /sync carries them) ---------
+
+    async def get_tags(self, requester: str, user_id: str, room_id: str) -> dict[str, Any]:
+        if user_id != requester:
+            raise forbidden("Cannot get tags for other users")
+        _check_room_id(room_id)
+        return {"tags": await self._tags(user_id, room_id)}
+
+    async def set_tag(self, requester: str, user_id: str, room_id: str, tag: str,
+                      body: dict[str, Any] | None) -> None:
+        """body None deletes the tag."""
+        if user_id != requester:
+            raise forbidden("Cannot change tags of other users")
+        _check_room_id(room_id)
+        if not tag or len(tag.encode("utf-8", "surrogatepass")) > MAX_TAG_BYTES:
+            raise invalid_param(f"A tag must be 1 to {MAX_TAG_BYTES} bytes")
+        if body is not None:
+            order = body.get("order")
+            if order is not None and (isinstance(order, bool)
+                                      or not isinstance(order, (int, float))
+                                      or not 0 <= order <= 1):
+                raise bad_json("order must be a number from 0 to 1")
+        async with self._tags_lock:
+            tags = await self._tags(user_id, room_id)
+            if body is None:
+                if tag not in tags:
+                    return  # deleting an absent tag changes nothing
+                del tags[tag]
+            else:
+                tags[tag] = body
+            await self.write(user_id, room_id, TAG_TYPE, orjson.dumps({"tags": tags}).decode())
+
+    async def _tags(self, user_id: str, room_id: str) -> dict[str, Any]:
+        doc = await self.get_account_data(user_id, room_id, TAG_TYPE) or {}
+        tags = doc.get("tags")
+        return dict(tags) if isinstance(tags, dict) else {}
 
     # --- for other handlers ----------------------------------------------------------------
 

@@ -41,6 +41,27 @@ async def put_room_account_data(requester: Requester, user_id: str, room_id: str
     return respond({})
 
 
+@bp.route("/user/<user_id>/rooms/<room_id>/tags", methods=["GET"])
+@authed
+async def get_tags(requester: Requester, user_id: str, room_id: str):
+    return respond(await hs().account_data.get_tags(requester.user_id, user_id, room_id))
+
+
+@bp.route("/user/<user_id>/rooms/<room_id>/tags/<tag>", methods=["PUT"])
+@authed
+async def put_tag(requester: Requester, user_id: str, room_id: str, tag: str):
+    body = await json_object()
+    await hs().account_data.set_tag(requester.user_id, user_id, room_id, tag, body)
+    return respond({})
+
+
+@bp.route("/user/<user_id>/rooms/<room_id>/tags/<tag>", methods=["DELETE"])
+@authed
+async def delete_tag(requester: Requester, user_id: str, room_id: str, tag: str):
+    await hs().account_data.set_tag(requester.user_id, user_id, room_id, tag, None)
+    return respond({})
+
+
 # --- push rules ----------------------------------------------------------------------------
 
 @bp.route("/pushrules/", methods=["GET"], strict_slashes=False)
