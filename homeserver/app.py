@@ -56,6 +56,8 @@ def create_app(config: Config, hs: HomeServer | None = None) -> Quart:
     for i, prefix in enumerate(CLIENT_PREFIXES):
         for bp in [*client_api.blueprints(), thirdparty_api.bp]:
             app.register_blueprint(bp, url_prefix=prefix, name=f"{bp.name}_{i}")
+    for bp in client_api.v1_blueprints():
+        app.register_blueprint(bp, url_prefix="/_matrix/client/v1")
     for bp in client_api.unstable_blueprints():
         app.register_blueprint(bp)
     app.register_blueprint(appservice_api.bp)

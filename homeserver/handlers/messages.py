@@ -1,7 +1,8 @@
-"""Sending and reading room events: send, redact, /event, /context, /messages."""
+"""Sending and reading room events: send, redact, /event, /context, /messages, /relations."""
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from homeserver.errors import MatrixError, forbidden, not_found
@@ -124,49 +125,13 @@ class MessagesHandler:
                        to_token: str | None, direction: str, limit: int, flt: Any) -> dict:
         bound = await self._read_bounds(requester.user_id, room_id)
         backwards = direction == "b"
-        if from_token is None:
-            start = (bound if bound is not None else self.hs.ids.events.visible) if backwards else 0
-        else:
-            start = StreamToken.parse(from_token, param="from").events
-        if bound is not None:
-            start = min(start, bound)
-        stop = StreamToken.parse(to_token, param="to").events if to_token else None
-        types = getattr(flt, "types", None)
-        not_types = getattr(flt, "not_types", None)
-        senders = getattr(flt, "senders", None)
-        not_senders = getattr(flt, "not_senders", None)
-        chunk: list[EventRow] = []
-        pos = start
-        exhausted = False
-        backfilled = False
-        # Visibility may hide events; fetch a few pages until the page is full.
-        for _ in range(6):
-            if backwards:
-                rows = await event_store.get_room_events(
-                    room_id, before=pos, after=stop, limit=limit - len(chunk) + 1,
-                    newest_first=True, types=types, not_types=not_types, senders=senders,
-                    not_senders=not_senders)
-            else:
-                upper = stop if stop is not None else bound
-                rows = await event_store.get_room_events(
-                    room_id, after=pos, before=upper, limit=limit - len(chunk) + 1,
-                    newest_first=False, types=types, not_types=not_types, senders=senders,
-                    not_senders=not_senders)
-            more = len(rows) > limit - len(chunk)
-            rows = rows[: limit - len(chunk)]
-            if rows:
-                pos = rows[-1].stream_ordering - 1 if backwards else rows[-1].stream_ordering
-            chunk.extend(await filter_for_user(self.hs, requester.user_id, rows))
-            if not more:
-                # Out of local history: older events may live on other servers.
-                if backwards and stop is None and not backfilled:
-                    backfilled = True
-                    if await self.hs.backfiller.backfill(room_id):
-                        continue
-                exhausted = True
-                break
-            if len(chunk) >= limit:
-                break
+        start, stop = self._range(bound, from_token, to_token, backwards)
+        fetch = functools.partial(
+            event_store.get_room_events, room_id, types=getattr(flt, "types", None),
+            not_types=getattr(flt, "not_types", None), senders=getattr(flt, "senders", None),
+            not_senders=getattr(flt, "not_senders", None))
+        chunk, pos, exhausted = await self._collect(requester.user_id, fetch, start, stop, bound,
+                                                    backwards, limit, backfill_room=room_id)
         out: dict[str, Any] = {
             "start": from_token or pagination_token(start),
             "chunk": await format_events(self.hs, chunk, requester.user_id, requester.device_id),
@@ -175,6 +140,72 @@ class MessagesHandler:
             out["end"] = pagination_token(pos)
         if getattr(flt, "lazy_load_members", False) and chunk:
             out["state"] = await self._member_state(room_id, {r.sender for r in chunk}, chunk)
+        return out
+
+    def _range(self, bound: int | None, from_token: str | None, to_token: str | None,
+                backwards: bool) -> tuple[int, int | None]:
+        """Stream positions to walk from and to, never past what the reader may see."""
+        if from_token is None:
+            start = (bound if bound is not None else self.hs.ids.events.visible) if backwards else 0
+        else:
+            start = StreamToken.parse(from_token, param="from").events
+        if bound is not None:
+            start = min(start, bound)
+        stop = StreamToken.parse(to_token, param="to").events if to_token else None
+        return start, stop
+
+    async def _collect(self, user_id: str, fetch: Any, start: int, stop: int | None,
+                       bound: int | None, backwards: bool, limit: int,
+                       backfill_room: str | None = None) -> tuple[list[EventRow], int, bool]:
+        """Up to `limit` events the user may see, from `fetch(after=, before=, limit=,
+        newest_first=)` walking from `start` towards `stop`: (events, position reached,
+        whether the range is exhausted). Visibility may hide events, so a few pages are read."""
+        chunk: list[EventRow] = []
+        pos = start
+        backfilled = False
+        for _ in range(6):
+            want = limit - len(chunk) + 1
+            if backwards:
+                rows = await fetch(after=stop, before=pos, limit=want, newest_first=True)
+            else:
+                rows = await fetch(after=pos, before=stop if stop is not None else bound,
+                                   limit=want, newest_first=False)
+            more = len(rows) > limit - len(chunk)
+            rows = rows[: limit - len(chunk)]
+            if rows:
+                pos = rows[-1].stream_ordering - 1 if backwards else rows[-1].stream_ordering
+            chunk.extend(await filter_for_user(self.hs, user_id, rows))
+            if not more:
+                # Out of local history: older events may live on other servers.
+                if backwards and stop is None and backfill_room and not backfilled:
+                    backfilled = True
+                    if await self.hs.backfiller.backfill(backfill_room):
+                        continue
+                return chunk, pos, True
+            if len(chunk) >= limit:
+                break
+        return chunk, pos, False
+
+    async def relations(self, requester: Requester, room_id: str, event_id: str,
+                        rel_type: str | None, event_type: str | None, from_token: str | None,
+                        to_token: str | None, direction: str, limit: int) -> dict:
+        """/relations: the events relating to one the user may see, newest first by default."""
+        bound = await self._read_bounds(requester.user_id, room_id)
+        parent = await self._timeline_event(room_id, event_id, bound)
+        if not await filter_for_user(self.hs, requester.user_id, [parent]):
+            raise not_found("Event not found")
+        backwards = direction == "b"
+        start, stop = self._range(bound, from_token, to_token, backwards)
+        fetch = functools.partial(event_store.get_relation_events, event_id, room_id,
+                                  rel_type=rel_type, event_type=event_type)
+        chunk, pos, exhausted = await self._collect(requester.user_id, fetch, start, stop, bound,
+                                                    backwards, limit)
+        out: dict[str, Any] = {"chunk": await format_events(
+            self.hs, chunk, requester.user_id, requester.device_id)}
+        if not exhausted:
+            out["next_batch"] = pagination_token(pos)
+        if from_token is not None:
+            out["prev_batch"] = from_token
         return out
 
     async def _member_state(self, room_id: str, senders: set[str], rows: list[EventRow]) -> list:

@@ -282,10 +282,25 @@ async def state_events_between(room_id: str, after: int, upto: int) -> list[Even
     return [EventRow.from_db(r) for r in rows]
 
 
-async def get_relations(event_id: str, rel_type: str | None = None) -> list[dict[str, Any]]:
-    q = "SELECT event_id, rel_type, aggregation_key, sender FROM event_relations WHERE relates_to_id = ?"
-    values: list[Any] = [event_id]
-    if rel_type:
-        q += " AND rel_type = ?"
-        values.append(rel_type)
-    return await sql.fetch(q, values)
+async def get_relation_events(
+    parent_id: str, room_id: str, *, rel_type: str | None, event_type: str | None,
+    after: int | None, before: int | None, limit: int, newest_first: bool,
+) -> list[EventRow]:
+    """Timeline events of `room_id` relating to `parent_id` (not redacted), with stream
+    ordering in (after, before], ordered as asked."""
+    cols = ", ".join(f"e.{c.strip()}" for c in READ_COLUMNS.split(","))
+    where = ["r.relates_to_id = ?", "e.room_id = ?", "e.outlier = ?", "e.soft_failed = ?",
+             "e.redacted_by IS NULL"]
+    values: list[Any] = [parent_id, room_id, False, False]
+    for clause, value in (("r.rel_type = ?", rel_type), ("e.type = ?", event_type),
+                          ("e.stream_ordering > ?", after), ("e.stream_ordering <= ?", before)):
+        if value is not None:
+            where.append(clause)
+            values.append(value)
+    rows = await sql.fetch(
+        f"SELECT {cols} FROM event_relations r JOIN events e ON e.event_id = r.event_id "
+        f"WHERE {' AND '.join(where)} "
+        f"ORDER BY e.stream_ordering {'DESC' if newest_first else 'ASC'} LIMIT ?",
+        [*values, limit],
+    )
+    return [EventRow.from_db(r) for r in rows]

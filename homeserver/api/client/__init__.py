@@ -1,4 +1,4 @@
-"""Client-Server API blueprints, mounted under /_matrix/client/v3 and /r0."""
+"""Client-Server API blueprints, mounted under /_matrix/client/v3 and /r0 (v1: newer endpoints)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,12 @@ def blueprints() -> list[Blueprint]:
             continue
         out.append(mod.bp)
     return out
+
+
+def v1_blueprints() -> list[Blueprint]:
+    """Endpoints that exist only under /_matrix/client/v1."""
+    from homeserver.api.client import relations
+    return [relations.bp]
 
 
 def unstable_blueprints() -> list[Blueprint]:

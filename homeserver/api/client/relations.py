@@ -1,0 +1,26 @@
+"""/relations (mounted under /_matrix/client/v1 only): events that relate to one event."""
+
+from __future__ import annotations
+
+from quart import Blueprint, request
+
+from homeserver.api.common import authed, hs, query_int, respond
+from homeserver.errors import MatrixError
+
+bp = Blueprint("relations", __name__)
+
+
+@bp.route("/rooms/<room_id>/relations/<event_id>", methods=["GET"],
+          defaults={"rel_type": None, "event_type": None})
+@bp.route("/rooms/<room_id>/relations/<event_id>/<rel_type>", methods=["GET"],
+          defaults={"event_type": None})
+@bp.route("/rooms/<room_id>/relations/<event_id>/<rel_type>/<event_type>", methods=["GET"])
+@authed
+async def relations(requester, room_id, event_id, rel_type, event_type):
+    direction = request.args.get("dir", "b")
+    if direction not in ("b", "f"):
+        raise MatrixError(400, "M_INVALID_PARAM", "dir must be b or f")
+    limit = query_int("limit", 50, lo=0, hi=10_000)
+    return respond(await hs().messages.relations(
+        requester, room_id, event_id, rel_type, event_type, request.args.get("from"),
+        request.args.get("to"), direction, min(limit, 1000)))
