@@ -37,12 +37,15 @@ def _load(args: argparse.Namespace) -> Config:
     if getattr(args, "database_url", None):
         overrides["database"] = {"url": args.database_url}
     host, port = getattr(args, "host", None), getattr(args, "port", None)
-    if host or port:
-        base = {"host": host or "127.0.0.1", "port": port or 8008}
-        overrides["listeners"] = [base]
     if getattr(args, "insecure_federation_http", False):
         overrides["federation"] = {"plain_http": True}
     cfg = load_config(_config_path(args.config), overrides=None)
+    if host or port:
+        # --host or --port alone keeps the rest of the configured first listener (its other
+        # half and its TLS files): `--port` must not move a public listener to loopback.
+        base = cfg.listeners[0].model_dump(mode="python")
+        overrides["listeners"] = [{**base, **({"host": host} if host else {}),
+                                   **({"port": port} if port else {})}]
     # Flags replace whole sections only where given; merge them over the loaded file.
     data = cfg.model_dump(mode="python")
     for k, v in overrides.items():
@@ -158,8 +161,10 @@ def _migrate_in_child(cfg: Config) -> None:
 
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
-        [sys.executable, "-m", "homeserver", "migrate", "--database-url", cfg.database_url,
-         "--data-dir", str(cfg.data_dir)],
+        # Everything it needs is in the flags; -c os.devnull keeps it from reading a
+        # ./config.yaml other than the configuration this server runs with.
+        [sys.executable, "-m", "homeserver", "migrate", "-c", os.devnull,
+         "--database-url", cfg.database_url, "--data-dir", str(cfg.data_dir)],
         env={k: v for k, v in os.environ.items() if not k.startswith("NEXA_")}, check=False)
     if done.returncode != 0:
         raise SystemExit(f"error: database migration failed (exit {done.returncode})")
@@ -169,7 +174,14 @@ def cmd_register_user(args: argparse.Namespace) -> int:
     from homeserver.server import HomeServer
 
     cfg = _load(args)
-    password = args.password or getpass.getpass("Password: ")
+    try:
+        password = args.password or getpass.getpass("Password: ")
+    except EOFError:  # nothing to read the password from (no terminal, empty stdin)
+        password = ""
+    if not password:  # an empty password would create an account nobody can log in to
+        print("error: a password is required (--password, or type it when asked)",
+              file=sys.stderr)
+        return 2
 
     async def main() -> str:
         hs = HomeServer(cfg)
@@ -446,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # mostly: the database (or a listener address) cannot be reached
+        print(f"error: {e.strerror or e} (check database.url and the listeners)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -264,12 +264,20 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
             continue
         path = name[len(ENV_PREFIX):].lower().split("__")
         node = out
-        for part in path[:-1]:
+        for depth, part in enumerate(path[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):  # e.g. NEXA_LIMITS=5 and NEXA_LIMITS__LOGIN=...
+                raise ConfigError(f"invalid configuration:\n  {'.'.join(path[:depth + 1])}: "
+                                  f"set to a single value and also descended into by {name}")
         try:
-            node[path[-1]] = yaml.safe_load(raw) if raw != "" else ""
+            value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
-            node[path[-1]] = raw
+            value = raw
+        # YAML 1.1 reads on/off/yes/no as booleans; keep such words as text (pydantic still
+        # reads them as booleans where one is wanted), so sqlite_synchronous=OFF stays "OFF".
+        if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+            value = raw
+        node[path[-1]] = value
     return out
 
 
@@ -314,6 +322,9 @@ def load_config(
             text = p.read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"cannot read config file {p}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"cannot read config file {p}: not UTF-8 text (byte "
+                              f"{e.start})") from None
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
@@ -431,6 +442,9 @@ def load_appservice_registration(path: str | Path) -> AppServiceRegistration:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"appservice registration {p}: cannot read it: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"appservice registration {p}: cannot read it: not UTF-8 text (byte "
+                          f"{e.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
