@@ -7,6 +7,7 @@ import asyncio
 import os
 import socket
 import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,29 @@ async def drop_pg_database(name: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+@asynccontextmanager
+async def open_database(backend: str, tmp_path: Path, at_rest: Any = None):
+    """A migrated, activated storage Database on a fresh SQLite file or PostgreSQL database,
+    for tests of the storage layer without a server; dropped afterwards."""
+    from homeserver.storage.database import Database
+
+    name = None
+    if backend == "postgres":
+        name, url = await create_pg_database()
+    else:
+        url = f"sqlite://{tmp_path / 'nexa.db'}"
+    database = Database(url, at_rest=at_rest)
+    await database.open()
+    token = database.activate()
+    try:
+        yield database
+    finally:
+        database.deactivate(token)
+        await database.close()
+        if name:
+            await drop_pg_database(name)
 
 
 @dataclass

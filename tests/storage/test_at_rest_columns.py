@@ -15,11 +15,10 @@ from homeserver.storage import events as event_store
 from homeserver.storage import federation_queue as fed_queue
 from homeserver.storage import sql
 from homeserver.storage import userdata
-from homeserver.storage.database import Database
 from homeserver.storage.media import MediaStore
 from homeserver.storage.rekey import count_not_current, reseal_column, reseal_everything
 from homeserver.storage.sealed import EVENTS_JSON, SEALED_COLUMNS
-from tests.servers import create_pg_database, drop_pg_database
+from tests.servers import open_database
 
 SECRET = "the-password-is-swordfish"
 
@@ -27,20 +26,8 @@ SECRET = "the-password-is-swordfish"
 @pytest.fixture
 async def db(backend, tmp_path):
     live = LiveKeyring.load(tmp_path / "at_rest.key", environ={})
-    if backend == "postgres":
-        name, url = await create_pg_database()
-    else:
-        name, url = None, f"sqlite://{tmp_path / 'nexa.db'}"
-    database = Database(url, at_rest=live)
-    await database.open()
-    token = database.activate()
-    try:
+    async with open_database(backend, tmp_path, at_rest=live) as database:
         yield database
-    finally:
-        database.deactivate(token)
-        await database.close()
-        if name:
-            await drop_pg_database(name)
 
 
 def event_row(n: int, body: str) -> event_store.EventRow:

@@ -6,32 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from homeserver.storage.database import Database
 from homeserver.storage.transactions import in_transaction
-from tests.servers import create_pg_database, drop_pg_database
-
-
-@contextlib.asynccontextmanager
-async def _database(backend: str, tmp_path):
-    pg_name = None
-    if backend == "postgres":
-        pg_name, url = await create_pg_database()
-    else:
-        url = f"sqlite://{tmp_path / 'tx.db'}"
-    db = Database(url)
-    await db.open()
-    token = db.activate()
-    try:
-        yield db
-    finally:
-        db.deactivate(token)
-        await db.close()
-        if pg_name:
-            await drop_pg_database(pg_name)
+from tests.servers import open_database
 
 
 async def test_cancelling_a_starting_transaction_gives_everything_back(backend, tmp_path):
-    async with _database(backend, tmp_path) as db:
+    async with open_database(backend, tmp_path) as db:
         entered = 0
 
         async def body() -> None:
