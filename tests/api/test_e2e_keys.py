@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import secrets
+from typing import Iterator
 
 import canonicaljson
 import pytest
@@ -305,11 +307,33 @@ async def test_to_device_delivery_ack_wildcard_and_idempotency(api):
     assert (await bob3.sync())["to_device"]["events"] == []
 
 
+@contextlib.contextmanager
+def long_poll_started(server, user_id: str) -> Iterator[asyncio.Event]:
+    """Set once the in-process server has registered a /sync long-poll of user_id with its
+    notifier: from then on, news for the user wakes it (sending earlier would not show that)."""
+    notifier = server.hs.notifier
+    started = asyncio.Event()
+    listen = notifier.listen
+
+    def probe(uid: str, rooms):
+        if uid == user_id:
+            started.set()
+        return listen(uid, rooms)
+
+    notifier.listen = probe  # the instance attribute shadows the method
+    try:
+        yield started
+    finally:
+        del notifier.listen
+
+
 async def test_to_device_long_poll_wakes_and_paginates(api):
     alice, bob = await api.register(), await api.register()
     s = await bob.sync()
-    poll = asyncio.create_task(bob.sync(s["next_batch"], timeout=10000))
-    await asyncio.sleep(0.3)
+    with long_poll_started(api.server, bob.user_id) as started:
+        poll = asyncio.create_task(bob.sync(s["next_batch"], timeout=10000))
+        await asyncio.wait_for(started.wait(), 10)
+    assert not poll.done(), f"the long-poll answered before anything was sent: {poll.result()}"
     r = await alice.put("/sendToDevice/m.ping/p", {"messages": {
         bob.user_id: {bob.device_id: {"ping": True}}}})
     assert r.status == 200

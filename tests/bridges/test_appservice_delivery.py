@@ -163,10 +163,15 @@ async def test_events_queued_while_the_service_is_down_arrive_later(hs_with, fak
         room = await human.create_room(preset="public_chat")
         await as_join(api, room, alice)
         await fake_as.wait_for(lambda: fake_as.accepted)
+        # The restart comes after a failed attempt: a transaction is pending and backed off.
+        failed = asyncio.Event()
+        srv.hs.appservices.sender.listeners.append(
+            lambda key, _txn, what: failed.set() if (key, what) == ("bridge", "retry") else None)
         await fake_as.stop()  # connection refused from now on
         for i in range(30):
             await human.send_text(room, f"q{i}")
-        await asyncio.sleep(0.5)
+        await asyncio.wait_for(failed.wait(), 10)
+        assert srv.hs.appservices.sender.status("bridge")["backoff_ms"] > 0
         await srv.stop()
         await srv.start()
         await fake_as.start()

@@ -222,9 +222,17 @@ async def test_outgoing_signed_retried_and_durable(bridge_stack, tmp_path):
                     assert r.status == 200
             # In order, and durable: the receiver is down while the bridge restarts.
             await receiver.stop()
-            for i in range(5):
-                await human.send_text(room, f"queued {i}")
-            await asyncio.sleep(0.5)
+            queued = [await human.send_text(room, f"queued {i}") for i in range(5)]
+
+            async def in_queue() -> set[str]:
+                rows = await st.bridge.store.fetch("SELECT event_id FROM webhook_queue")
+                return {r["event_id"] for r in rows}
+
+            # All five are in the bridge's durable queue before it restarts (otherwise the
+            # homeserver's redelivery, not the queue, would be what brings them across).
+            async with asyncio.timeout(10):
+                while not set(queued) <= await in_queue():
+                    await asyncio.sleep(0.05)
             await st.restart_bridge()
             await receiver.start()
             await receiver.wait_for(lambda: len(receiver.received) >= 6, timeout=20)

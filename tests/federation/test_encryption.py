@@ -113,14 +113,33 @@ async def test_device_list_updates_and_gap_recovery(tmp_path, backend):
             await original(origin, edu)
 
         edus.on_edu = lossy
+        # Every EDU of the new device (its login and key upload are queued by the time
+        # login_new_device returns) has been sent, and so dropped, once the outbox is empty.
+        attempted = asyncio.Event()
+        s2.hs.federation_sender.listeners.append(lambda *_: attempted.set())
+
+        async def next_attempt():
+            await attempted.wait()
+            attempted.clear()
+
         lost = await login_new_device(s2.base_url, bob, "lost")
         made.append(lost)
-        await _until(lambda: _outbox_empty(s2), "server 2 to flush its queue")
+        await _until(lambda: _outbox_empty(s2), "server 2 to flush its queue", next_attempt)
         edus.on_edu = original
         status, body = await raw(alice.client, "POST", "/keys/query",
                                  {"device_keys": {bob.user_id: []}})
         # Nothing told server 1 yet: it still serves its cached snapshot.
         assert lost.device_id not in body["device_keys"][bob.user_id]
+
+        # Server 1's changes to bob's devices reach alice's /sync: a long-poll of it wakes.
+        alice_since = since
+
+        async def alice_news():
+            nonlocal alice_since
+            st, b = await raw(alice.client, "GET", "/sync",
+                              params={"since": alice_since, "timeout": "10000"})
+            assert st == 200, b
+            alice_since = b["next_batch"]
 
         # The next change carries prev_id = the lost one: a gap; server 1 refetches.
         third = await login_new_device(s2.base_url, bob, "third")
@@ -132,7 +151,7 @@ async def test_device_list_updates_and_gap_recovery(tmp_path, backend):
             return st == 200 and {lost.device_id, third.device_id} <= set(
                 b["device_keys"][bob.user_id])
 
-        await _until(both_visible, "both new devices after the gap")
+        await _until(both_visible, "both new devices after the gap", alice_news)
         st, changes = await raw(alice.client, "GET", "/keys/changes",
                                 params={"from": since})
         assert st == 200 and bob.user_id in changes["changed"], changes
@@ -143,7 +162,7 @@ async def test_device_list_updates_and_gap_recovery(tmp_path, backend):
             st, b = await raw(alice.client, "GET", "/keys/changes", params={"from": since})
             return st == 200 and bob.user_id in b["left"]
 
-        await _until(left, "bob in device_lists.left")
+        await _until(left, "bob in device_lists.left", alice_news)
     finally:
         for c in made:
             await c.close()
@@ -161,18 +180,15 @@ async def _outbox_empty(srv) -> bool:
         srv.hs.db.deactivate(token)
 
 
-async def _until(pred, what: str, limit_s: float = 30) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limit_s
-    while True:
-        res = pred()
-        if asyncio.iscoroutine(res):
-            res = await res
-        if res:
-            return
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
+async def _until(pred, what: str, wake, limit_s: float = 30) -> None:
+    """Check `pred` again each time `wake()` returns (when something may have changed); a
+    change during a check must make the next `wake()` return at once."""
+    try:
+        async with asyncio.timeout(limit_s):
+            while not await pred():
+                await wake()
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 async def test_keys_and_to_device_over_federation_raw(servers):
@@ -224,21 +240,21 @@ async def test_keys_and_to_device_over_federation_raw(servers):
             received += res.get("to_device", {}).get("events", [])
             if len(received) >= 2:
                 break
-        await bob.sync(since, timeout=500)
+        # tx3 went after the repeated tx1: a duplicate would have come before it.
         assert [e["content"] for e in received] == [{"secret": "ciphertext"}, {"n": 3}], received
         assert all(e["sender"] == alice.user_id for e in received)
 
         # Bob's cross-signing keys reach alice through server 1's cache update.
         await query(alice, bob.user_id)  # cached now (they share a room)
+        alice_since = (await alice.sync())["next_batch"]
         master = SigningKey()
         r = await bob.post("/keys/device_signing/upload",
                            {"master_key": _xkey(bob, master, "master")})
         assert r.status == 200, r
-        for _ in range(100):
-            got = await query(alice, bob.user_id)
-            if bob.user_id in got["master_keys"]:
-                break
-            await asyncio.sleep(0.1)
+        # Applying m.signing_key_update marks bob's keys changed: alice's long-poll wakes.
+        async with asyncio.timeout(30):
+            while bob.user_id not in (got := await query(alice, bob.user_id))["master_keys"]:
+                alice_since = (await alice.sync(alice_since, timeout=10000))["next_batch"]
         assert got["master_keys"][bob.user_id]["keys"] == {f"ed25519:{master.pub}": master.pub}
         assert got["user_signing_keys"] == {}
 

@@ -76,8 +76,8 @@ class Tab:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / f"{name}.png"
         await self.page.mouse.move(1, 1)  # no hover effects in the picture
-        await self.page.wait_for_timeout(100)
-        await self.page.screenshot(path=str(path))
+        # "disabled" runs CSS transitions (the hover fading out) to their end before capturing.
+        await self.page.screenshot(path=str(path), animations="disabled")
         return path
 
     async def no_horizontal_scroll(self) -> None:

@@ -15,6 +15,12 @@ from tests.web.conftest import PASSWORD, login, new_username, register
 from tests.web.test_chat import _png
 
 
+def saved(page, kind: str):
+    """The page's PUT of account data `kind`: a setting is stored once the server answers it."""
+    return page.expect_response(
+        lambda r: r.request.method == "PUT" and r.url.endswith(f"/account_data/{kind}"))
+
+
 async def people(api: Api, n: int = 2):
     names = [new_username() for _ in range(n)]
     users = [await api.register(name, PASSWORD) for name in names]
@@ -129,10 +135,14 @@ async def test_language_privacy_and_help(open_tab, api):
 
     # Privacy: hidden from search and invitations only from people I share a room with —
     # the server enforces both.
-    await page.get_by_label("Let people find me in search").uncheck()
-    await page.get_by_label("Only people I share a room with").check()
+    # One save at a time: two PUTs in flight together may reach the server in either order.
+    async with saved(page, "im.nexa.privacy") as put:
+        await page.get_by_label("Let people find me in search").uncheck()
+    assert (await put.value).ok
+    async with saved(page, "im.nexa.privacy") as put:
+        await page.get_by_label("Only people I share a room with").check()
+    assert (await put.value).ok
     await expect(page.get_by_label("Only people I share a room with")).to_be_checked()
-    await page.wait_for_timeout(300)
     r = await me.get(f"/user/{me.user_id}/account_data/im.nexa.privacy")
     assert r.json == {"searchable": False, "invite_policy": "shared_rooms"}
     r = await stranger.post("/user_directory/search", {"search_term": me_name})
@@ -140,8 +150,9 @@ async def test_language_privacy_and_help(open_tab, api):
     room = await stranger.create_room(preset="private_chat")
     r = await stranger.post(f"/rooms/{room}/invite", {"user_id": me.user_id})
     assert r.status == 403
-    await page.get_by_label("Send read receipts").uncheck()
-    await page.wait_for_timeout(300)
+    async with saved(page, "im.nexa.settings") as put:
+        await page.get_by_label("Send read receipts").uncheck()
+    assert (await put.value).ok
     r = await me.get(f"/user/{me.user_id}/account_data/im.nexa.settings")
     assert r.json["send_receipts"] is False
 
@@ -173,7 +184,10 @@ async def test_browser_notification_for_a_direct_message(open_tab, api):
     (me_name, other_name), (me, other) = await people(api)
     room = await other.create_room(preset="trusted_private_chat", is_direct=True, invite=[me.user_id])
     await me.join(room)
-    await me.put(f"/user/{me.user_id}/account_data/m.direct", {other.user_id: [room]})
+    # A second conversation, never muted: its message shows that later news was processed.
+    loud = await other.create_room(preset="trusted_private_chat", is_direct=True, invite=[me.user_id])
+    await me.join(loud)
+    await me.put(f"/user/{me.user_id}/account_data/m.direct", {other.user_id: [room, loud]})
     tab = await open_tab("desktop", permissions=["notifications"])
     page = tab.page
     await page.add_init_script("""
@@ -187,9 +201,12 @@ async def test_browser_notification_for_a_direct_message(open_tab, api):
     """)
     await login(tab, me_name)
     await page.goto(f"{tab.base_url}/#/settings")
-    await page.get_by_label("Browser notifications").check()
+    # Stored before the ping is sent: the sync that brings the ping also brings the server's
+    # copy of the settings, so it cannot arrive later and undo the mute below.
+    async with saved(page, "im.nexa.settings") as put:
+        await page.get_by_label("Browser notifications").check()
+    assert (await put.value).ok
     await expect(page.get_by_label("Browser notifications")).to_be_checked()
-    await page.wait_for_timeout(300)
     await other.send_text(room, "ping from a friend")
     await page.wait_for_function("() => window.__shown.length > 0")
     shown = await page.evaluate("window.__shown")
@@ -199,8 +216,11 @@ async def test_browser_notification_for_a_direct_message(open_tab, api):
     await page.get_by_role("button", name="Mute notifications").click()
     await page.goto(f"{tab.base_url}/#/settings")
     await other.send_text(room, "second ping")
-    await page.wait_for_timeout(800)
-    assert len(await page.evaluate("window.__shown")) == 1
+    # Sent after the muted one, so by the time it is shown the muted one has been handled too.
+    await other.send_text(loud, "third ping")
+    await page.wait_for_function("() => window.__shown.some((n) => n.body === 'third ping')")
+    bodies = [n["body"] for n in await page.evaluate("window.__shown")]
+    assert bodies == ["ping from a friend", "third ping"], bodies
     assert not tab.errors
 
 
@@ -251,8 +271,10 @@ async def test_sign_in_errors(open_tab, api, tmp_path, backend):
         for _ in range(2):
             await page2.get_by_label("Username").fill("nobody")
             await page2.get_by_label("Password").fill("whatever")
-            await page2.get_by_role("button", name="Log in").click()
-            await page2.wait_for_timeout(300)
+            # Each attempt answered before the next: the second is the one over the limit.
+            async with page2.expect_response(
+                    lambda r: r.request.method == "POST" and r.url.endswith("/login")):
+                await page2.get_by_role("button", name="Log in").click()
         await expect(page2.locator(".form-error")).to_contain_text(re.compile(r"Too many attempts\. Try again in \d+ seconds?\."))
         await expect(page2.get_by_role("button", name="Log in")).to_be_disabled()
     finally:

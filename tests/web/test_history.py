@@ -35,8 +35,12 @@ async def test_infinite_scroll_back_to_the_start(open_tab, api):
     for _ in range(30):
         if await page.locator(".timeline-top.done").count():
             break
+        shown = await page.locator(".msg-text").count()
         await timeline.evaluate("t => t.scrollTop = 0")
-        await page.wait_for_timeout(150)
+        # The older page has landed (more messages above), or there is nothing older.
+        await page.wait_for_function(
+            "n => document.querySelector('.timeline-top.done')"
+            " || document.querySelectorAll('.msg-text').length > n", arg=shown)
     await expect(page.locator(".timeline-top")).to_have_text("This is the beginning of the conversation.")
     await expect(page.locator(".msg-text", has_text=re.compile(r"^history message 0$"))).to_have_count(1)
     # Every message exactly once, in order.
@@ -93,23 +97,20 @@ async def test_unread_badge_comes_from_the_server(open_tab, api):
         "msgtype": "m.text", "body": "are you there?",
         "m.mentions": {"user_ids": [me.user_id]}})
     assert r.status == 200
+    mention = r.json["event_id"]
     await expect(badge).to_have_text("4")
     await expect(badge).to_have_class(re.compile("badge-highlight"))
     assert (await me.sync())["rooms"]["join"][room]["unread_notifications"] == {
         "notification_count": 4, "highlight_count": 1}
     # Opening the room reads it: the badge goes, the server agrees, a reload keeps it at 0.
-    await item.click()
+    async with page.expect_response(lambda r: r.request.method == "POST" and "/read_markers" in r.url
+                                    and mention in (r.request.post_data or "")) as marked:
+        await item.click()
+    assert (await marked.value).ok
     await expect(page.locator(".msg-text", has_text="are you there?")).to_be_visible()
     await expect(badge).to_have_count(0)
-
-    async def server_count() -> dict:
-        return (await me.sync())["rooms"]["join"][room]["unread_notifications"]
-
-    for _ in range(100):
-        if (await server_count())["notification_count"] == 0:
-            break
-        await page.wait_for_timeout(50)
-    assert await server_count() == {"notification_count": 0, "highlight_count": 0}
+    counts = (await me.sync())["rooms"]["join"][room]["unread_notifications"]
+    assert counts == {"notification_count": 0, "highlight_count": 0}
     await page.reload()
     await page.locator(".sidebar .me-name").wait_for()
     await expect(page.locator(".room-item", has_text=other.user_id[1:].split(":")[0])).to_be_visible()

@@ -151,10 +151,13 @@ async def test_contrast_and_accessible_names_in_both_themes(open_tab, server, th
     await page.locator(".room-item .room-name", has_text="Ann Example").click()
     await expect(page.locator(".msg-text", has_text="Let's plan")).to_be_visible()
     await expect(page.locator("html")).to_have_attribute("data-theme", "auto")
-    for route in ("", "settings", "help"):
+    for route, heading in (("", None), ("settings", "Settings"), ("help", "Help")):
         if route:
             await page.goto(f"{tab.base_url}/#/{route}")
-            await page.wait_for_timeout(200)
+            await expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
+        # Colours are read at rest, not halfway through a hover or fade-in transition.
+        await page.wait_for_function("""() => document.getAnimations().every((a) =>
+            a.playState !== 'running' || a.effect.getComputedTiming().endTime === Infinity)""")
         bad = await page.evaluate(CONTRAST)
         assert not bad, (theme, route, bad)
         # And every control has an accessible name (screen readers).

@@ -3,7 +3,7 @@ reload and follow the user to another browser."""
 
 from __future__ import annotations
 
-import re
+import asyncio
 
 from playwright.async_api import expect
 
@@ -63,7 +63,9 @@ async def test_hostile_messages_render_as_text_and_run_nothing(open_tab, api):
     # Nothing ran, nothing was created: no <img src=x>, <script>, <iframe> in messages.
     assert await page.locator(".events img[src='x'], .events script, .events iframe").count() == 0
     await page.hover(".msg-text.formatted p")
-    await page.wait_for_timeout(300)
+    # A mouseover handler would have run (and its alert opened) while the hover was dispatched;
+    # a round trip through the next frame comes after any dialog it could have opened.
+    await page.evaluate("() => new Promise((done) => requestAnimationFrame(() => done()))")
     assert tab.dialogs == [], tab.dialogs
     assert tab.errors == [], tab.errors
     assert not [e for e in tab.console_errors if "alert" in e or "Content Security Policy" in e], \
@@ -143,8 +145,13 @@ async def test_draft_survives_reload_and_follows_the_user(open_tab, api):
     await box.press_sequentially("half-written thought", delay=10)
     await page.reload()
     await expect(page.locator(".composer-input")).to_have_value("half-written thought")
-    # Saved to account data too (debounced): another browser sees it.
-    await page.wait_for_timeout(1200)
+    # Saved to account data too (flushed as the page went away): another browser sees it.
+    # The reloaded page's request cannot be watched; the account's /sync wakes when it lands.
+    since = (await me.sync())["next_batch"]
+    async with asyncio.timeout(30):
+        while (await me.get(f"/user/{me.user_id}/rooms/{room}/account_data/im.nexa.draft")
+               ).json.get("body") != "half-written thought":
+            since = (await me.sync(since, timeout=5000))["next_batch"]
     other = await open_tab("desktop")
     await login(other, me_name)
     await other.page.locator(".room-item").first.click()
@@ -156,4 +163,3 @@ async def test_draft_survives_reload_and_follows_the_user(open_tab, api):
     await page.reload()
     await expect(page.locator(".composer-input")).to_have_value("")
     assert not tab.errors and not other.errors
-    _ = (me, room, re)
