@@ -1,4 +1,4 @@
-"""The redaction algorithm for room versions 10 and 11.
+"""The redaction algorithm for room versions 6 to 11.
 
 Redaction is also the first step of event signing and of the reference hash,
 so any deviation here breaks event IDs and signatures; keep it exact.
@@ -66,6 +66,10 @@ def _redact_content(event_type: Any, content: dict, room_version: RoomVersion) -
     else:
         allowed = _V10_CONTENT_KEYS.get(event_type, frozenset())
 
+    if event_type == "m.room.join_rules" and not room_version.redaction_keeps_allow:
+        allowed = allowed - {"allow"}
+    elif event_type == "m.room.member" and not room_version.redaction_keeps_join_authorised:
+        allowed = allowed - {"join_authorised_via_users_server"}
     new_content = {k: copy.deepcopy(v) for k, v in content.items() if k in allowed}
 
     if room_version.updated_redaction_rules and event_type == "m.room.member":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 class UnsupportedRoomVersion(ValueError):
@@ -29,10 +29,31 @@ class RoomVersion:
     enforce_int_power_levels: bool
     # v11: m.room.redaction carries `redacts` in content, not at top level.
     redacts_in_content: bool = False
-    # Both versions use v4+ event IDs ($ + url-safe reference hash) and state res v2.
+    # Redaction keeps join_rules.allow (v8+) and member join_authorised_via_users_server (v9+).
+    redaction_keeps_allow: bool = True
+    redaction_keeps_join_authorised: bool = True
+    # Every supported version uses v4+ event IDs ($ + url-safe reference hash), state res v2
+    # and the v6 rules (no m.room.aliases special case, `notifications` power level checked).
     event_id_is_reference_hash: bool = True
     state_res_v2: bool = True
 
+
+# Versions 6 to 9 still live on in rooms created before 10 became the default; servers
+# joining them over federation need them. They differ from 10 only in these flags.
+ROOM_V6 = RoomVersion(
+    identifier="6",
+    updated_redaction_rules=False,
+    implicit_room_creator=False,
+    knock_join_rule=False,
+    restricted_join_rule=False,
+    knock_restricted_join_rule=False,
+    enforce_int_power_levels=False,
+    redaction_keeps_allow=False,
+    redaction_keeps_join_authorised=False,
+)
+ROOM_V7 = replace(ROOM_V6, identifier="7", knock_join_rule=True)
+ROOM_V8 = replace(ROOM_V7, identifier="8", restricted_join_rule=True, redaction_keeps_allow=True)
+ROOM_V9 = replace(ROOM_V8, identifier="9", redaction_keeps_join_authorised=True)
 
 ROOM_V10 = RoomVersion(
     identifier="10",
@@ -56,8 +77,7 @@ ROOM_V11 = RoomVersion(
 )
 
 KNOWN_ROOM_VERSIONS: dict[str, RoomVersion] = {
-    ROOM_V10.identifier: ROOM_V10,
-    ROOM_V11.identifier: ROOM_V11,
+    v.identifier: v for v in (ROOM_V6, ROOM_V7, ROOM_V8, ROOM_V9, ROOM_V10, ROOM_V11)
 }
 
 DEFAULT_ROOM_VERSION = "10"

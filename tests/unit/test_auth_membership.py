@@ -7,7 +7,7 @@ from homeserver.events.signing import SigningKey, sign_json
 from .event_builders import ALICE, BOB, CAROL, DAVE, Room, public_room, rejected
 
 MEMBER = "m.room.member"
-VERSIONS = ["10", "11"]
+VERSIONS = ["6", "7", "8", "9", "10", "11"]
 
 
 def join(room, user, **extra):
@@ -66,6 +66,9 @@ def test_restricted_join_needs_a_joined_authoriser_with_invite_power(version, ru
     room = Room(version)
     room.power_levels(ALICE, {"users": {ALICE: 100}, "invite": 50})
     room.join_rules(ALICE, rule, allow=[{"type": "m.room_membership", "room_id": "!s:a.test"}])
+    if not _knows_rule(room, rule):  # an unknown join rule lets nobody in uninvited
+        rejected(join, room, BOB, join_authorised_via_users_server=ALICE)
+        return
     room.member(CAROL, "invite", sender=ALICE)
     room.member(CAROL, "join")  # Carol: joined, power 0 < invite 50
 
@@ -76,6 +79,11 @@ def test_restricted_join_needs_a_joined_authoriser_with_invite_power(version, ru
     # An invited user needs no authoriser.
     room.member(DAVE, "invite", sender=ALICE)
     join(room, DAVE)
+
+
+def _knows_rule(room, rule: str) -> bool:
+    return {"restricted": room.rv.restricted_join_rule, "knock": room.rv.knock_join_rule,
+            "knock_restricted": room.rv.knock_restricted_join_rule}.get(rule, True)
 
 
 # --- invites ---------------------------------------------------------------------
@@ -206,6 +214,9 @@ def test_unban_needs_ban_level_as_well_as_kick_level(version):
 def test_knock_allowed_only_for_knock_rules(version, rule):
     room = Room(version)
     room.join_rules(ALICE, rule)
+    if not _knows_rule(room, rule):
+        assert "knock" in rejected(room.check, MEMBER, BOB, {"membership": "knock"}, BOB)
+        return
     room.check(MEMBER, BOB, {"membership": "knock"}, BOB)
     assert "on behalf" in rejected(room.check, MEMBER, ALICE, {"membership": "knock"}, BOB)
 
@@ -219,6 +230,8 @@ def test_knock_rejected_for_other_join_rules(version, rule):
 
 def test_knock_rejected_when_banned_invited_or_joined(version):
     room = Room(version)
+    if not room.rv.knock_join_rule:
+        pytest.skip("knocking came with room version 7 (refused before: see above)")
     room.join_rules(ALICE, "knock")
     room.member(BOB, "invite", sender=ALICE)
     rejected(room.check, MEMBER, BOB, {"membership": "knock"}, BOB)
@@ -232,6 +245,8 @@ def test_knock_rejected_when_banned_invited_or_joined(version):
 
 def test_invite_after_knock_then_join(version):
     room = Room(version)
+    if not room.rv.knock_join_rule:
+        pytest.skip("knocking came with room version 7 (refused before: see above)")
     room.join_rules(ALICE, "knock")
     room.member(BOB, "knock")
     rejected(join, room, BOB)

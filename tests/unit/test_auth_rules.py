@@ -14,13 +14,13 @@ from homeserver.events.room_versions import get_room_version
 
 from .event_builders import ALICE, BOB, DAVE, Room, public_room, rejected
 
-VERSIONS = ["10", "11"]
+VERSIONS = ["6", "7", "8", "9", "10", "11"]
 MEMBER = "m.room.member"
 
 
 def create_event(version, **overrides):
     content = {"room_version": version}
-    if version == "10":
+    if not get_room_version(version).implicit_room_creator:
         content["creator"] = ALICE
     event = {"type": "m.room.create", "state_key": "", "sender": ALICE,
              "room_id": "!r:a.test", "content": content, "prev_events": [],

@@ -132,8 +132,17 @@ def test_decode_rejects_malformed_input(bad):
 
 
 def test_room_versions_registry():
-    assert set(KNOWN_ROOM_VERSIONS) == {"10", "11"}
+    assert set(KNOWN_ROOM_VERSIONS) == {"6", "7", "8", "9", "10", "11"}
     assert DEFAULT_ROOM_VERSION == "10"
+    # What changed from one version to the next (the spec's room version history).
+    flags = {v: get_room_version(v) for v in KNOWN_ROOM_VERSIONS}
+    assert [v for v, rv in flags.items() if rv.knock_join_rule] == ["7", "8", "9", "10", "11"]
+    assert [v for v, rv in flags.items() if rv.restricted_join_rule] == ["8", "9", "10", "11"]
+    assert [v for v, rv in flags.items() if rv.knock_restricted_join_rule] == ["10", "11"]
+    assert [v for v, rv in flags.items() if rv.enforce_int_power_levels] == ["10", "11"]
+    assert [v for v, rv in flags.items() if rv.redaction_keeps_allow] == ["8", "9", "10", "11"]
+    assert [v for v, rv in flags.items()
+            if rv.redaction_keeps_join_authorised] == ["9", "10", "11"]
     v10, v11 = get_room_version("10"), get_room_version("11")
     assert not v10.updated_redaction_rules and v11.updated_redaction_rules
     assert not v10.implicit_room_creator and v11.implicit_room_creator
@@ -142,7 +151,7 @@ def test_room_versions_registry():
         assert rv.knock_restricted_join_rule and rv.enforce_int_power_levels
 
 
-@pytest.mark.parametrize("ident", ["9", "12", "", None, 10])
+@pytest.mark.parametrize("ident", ["1", "5", "12", "", None, 10])
 def test_unknown_room_version_raises(ident):
     with pytest.raises(UnsupportedRoomVersion) as info:
         get_room_version(ident)

@@ -132,3 +132,24 @@ def test_get_redaction_target_by_version():
     assert get_redaction_target({"type": "m.room.redaction", "content": {}}, V11) is None
     assert get_redaction_target({"type": "m.room.redaction", "redacts": "$t"}, V11) is None
     assert get_redaction_target({"type": "m.room.message", "redacts": "$t"}, V10) is None
+
+
+@pytest.mark.parametrize("version,keeps_allow,keeps_authoriser", [
+    ("6", False, False), ("7", False, False), ("8", True, False), ("9", True, True),
+])
+def test_versions_before_10_keep_less(version, keeps_allow, keeps_authoriser):
+    rv = get_room_version(version)
+    rules = event_of("m.room.join_rules", {"join_rule": "restricted",
+                                           "allow": [{"type": "m.room_membership"}]}, state_key="")
+    member = event_of("m.room.member", {"membership": "join", "displayname": "A",
+                                        "join_authorised_via_users_server": "@mod:x"},
+                      state_key="@a:x")
+    assert ("allow" in redact_event(rules, rv)["content"]) is keeps_allow
+    assert ("join_authorised_via_users_server" in redact_event(member, rv)["content"]) \
+        is keeps_authoriser
+    # Everything else is as in v10: the legacy top-level keys stay, other content goes.
+    assert redact_event(member, rv)["content"]["membership"] == "join"
+    assert "displayname" not in redact_event(member, rv)["content"]
+    assert redact_event(event_of("m.room.power_levels", PL_CONTENT, state_key=""), rv)[
+        "content"] == redact_event(event_of("m.room.power_levels", PL_CONTENT, state_key=""),
+                                   V10)["content"]

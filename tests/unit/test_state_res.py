@@ -17,7 +17,7 @@ def member_key(user):
     return ("m.room.member", user)
 
 
-@pytest.fixture(params=["10", "11"])
+@pytest.fixture(params=["6", "7", "8", "9", "10", "11"])
 def room(request):
     """Public room: Alice 100, Bob 50; Bob, Carol and Dave joined."""
     room = public_room(request.param, users={BOB: 50})
