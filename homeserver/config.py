@@ -169,6 +169,23 @@ class AppServiceSenderConfig(_Section):
     max_events_per_txn: int = Field(100, ge=1, le=1000)
 
 
+class PushConfig(_Section):
+    """How notifications reach the push gateways of users' pushers (POST /pushers/set)."""
+
+    # A gateway that fails is retried with exponential backoff from retry_base_ms up to
+    # retry_max_ms, with jitter; its notifications wait in order.
+    retry_base_ms: int = Field(500, ge=1)
+    retry_max_ms: int = Field(60_000, ge=1)
+    request_timeout_s: float = Field(10, gt=0, le=600)
+    # A notification not delivered by then is skipped: a day-old push helps nobody.
+    give_up_after_s: int = Field(86_400, ge=1)
+    # GET /notifications shows this much history; older rows are deleted.
+    keep_notifications_days: int = Field(30, ge=1)
+    # Gateways on loopback or private addresses (a gateway beside the server, tests). Off by
+    # default: any user may add a pusher, and it must not reach into the server's network.
+    allow_private_gateways: bool = False
+
+
 class Config(_Section):
     server_name: str = "localhost:8008"
     public_baseurl: str | None = None
@@ -188,6 +205,7 @@ class Config(_Section):
     # Application-service registration files (bridges).
     appservices: list[Path] = []
     appservice_sender: AppServiceSenderConfig = AppServiceSenderConfig()
+    push: PushConfig = PushConfig()
 
     @field_validator("server_name")
     @classmethod

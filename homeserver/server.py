@@ -53,6 +53,7 @@ class HomeServer:
         from homeserver.handlers.presence import PresenceHandler
         from homeserver.handlers.profile import ProfileHandler
         from homeserver.handlers.push_rules import PushRulesHandler
+        from homeserver.handlers.pushers import PusherHandler
         from homeserver.handlers.receipts import ReceiptsHandler
         from homeserver.handlers.rooms import RoomHandler
         from homeserver.handlers.state import StateHandler
@@ -91,6 +92,8 @@ class HomeServer:
         self.filters = FilterHandler(self)
         self.push_rules = PushRulesHandler(self)
         self.notifications = NotificationHandler(self)
+        self.pushers = PusherHandler(self)
+        self.notifications.on_notified = self.pushers.on_notified
         self.media = MediaHandler(self)
         # Federation
         self.keyring = Keyring(self)
@@ -151,6 +154,7 @@ class HomeServer:
         await self.media.start()
         self.federation_sender.start()
         await self.appservices.start()
+        await self.pushers.start()
         log.info("homeserver %s started (database %s)", self.server_name,
                  "sqlite" if self.db.is_sqlite else "postgres")
 
@@ -172,6 +176,7 @@ class HomeServer:
         await self.media.stop()
         await self.federation_sender.stop()
         await self.appservices.stop()
+        await self.pushers.stop()
         await self.federation_client.close()
         notifier_stop = getattr(self.notifier, "stop", None)
         if notifier_stop is not None:

@@ -173,12 +173,15 @@ class AccountHandler:
             hashes = [requester.token_hash]
         await store.delete_token(requester.token_hash)
         self.hs.auth.forget_tokens([*hashes, requester.token_hash])
+        if requester.device_id:
+            await self.hs.pushers.devices_removed(requester.user_id, [requester.device_id])
         await self.hs.e2e_keys.on_devices_removed(requester.user_id)
 
     async def logout_all(self, requester: Requester) -> None:
         hashes = await store.delete_user_tokens(requester.user_id)
         hashes += await store.delete_devices_except(requester.user_id, None)
         self.hs.auth.forget_tokens(hashes)
+        await self.hs.pushers.devices_removed(requester.user_id)
         await self.hs.e2e_keys.on_devices_removed(requester.user_id)
 
     async def change_password(self, requester: Requester, new_password: str,
@@ -192,6 +195,8 @@ class AccountHandler:
             hashes = await store.delete_devices_except(requester.user_id, requester.device_id)
             hashes += await store.delete_user_tokens(requester.user_id, requester.token_hash)
             self.hs.auth.forget_tokens(hashes)
+            await self.hs.pushers.devices_removed(requester.user_id,
+                                                  keep_device=requester.device_id)
             await self.hs.e2e_keys.on_devices_removed(requester.user_id)
 
     async def deactivate(self, requester: Requester) -> None:
@@ -199,6 +204,7 @@ class AccountHandler:
         hashes = await store.delete_user_tokens(requester.user_id)
         await store.deactivate(requester.user_id)
         self.hs.auth.forget_tokens(hashes)
+        await self.hs.pushers.devices_removed(requester.user_id)
         await self.hs.e2e_keys.on_devices_removed(requester.user_id)
 
     # --- devices ---------------------------------------------------------------------------
@@ -218,5 +224,6 @@ class AccountHandler:
 
     async def delete_devices(self, requester: Requester, device_ids: list[str]) -> None:
         self.hs.auth.forget_tokens(await store.delete_devices(requester.user_id, device_ids))
+        await self.hs.pushers.devices_removed(requester.user_id, device_ids)
         # Their keys, one-time keys and to-device inbox go too; other users learn of it.
         await self.hs.e2e_keys.on_devices_removed(requester.user_id)

@@ -291,9 +291,8 @@ class EventHandler:
                     batch.redacts = target
             for statements, _ in hooked:
                 batch.extra.extend(statements)
-            counts_stmt = counts.statement(ordering) if counts is not None else None
-            if counts_stmt is not None:
-                batch.extra.append(counts_stmt)
+            if counts is not None:
+                batch.extra.extend(counts.statements(ordering))
             for dest in destinations or ():
                 batch.extra.append((
                     "INSERT INTO federation_outbox (destination, event_id, created_ts) VALUES (?,?,?)",

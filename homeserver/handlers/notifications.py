@@ -6,6 +6,10 @@ highlights counted apart, in the event's own transaction, with one statement for
 The sender's own event counts as reading the room: their counter restarts at zero. A read
 receipt (m.read or m.read.private, unthreaded or for the main timeline) resets the counter to
 what is unread after the receipt. /sync reports the counters as `unread_notifications`.
+
+Each notification is also kept as a row (user, event, the actions of the rule that matched),
+written in the same transaction: GET /notifications lists them and the push sender
+(handlers/push_sender.py) pushes them to the user's pushers.
 """
 
 from __future__ import annotations
@@ -13,16 +17,18 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import orjson
 
 from homeserver.events.power_levels import CREATE_KEY, POWER_LEVELS_KEY, get_user_power_level
-from homeserver.events.push_eval import RoomFacts, evaluate
+from homeserver.events.push_eval import KIND_ORDER, CompiledRule, Outcome, RoomFacts, evaluate
 from homeserver.handlers.notification_cache import CountsCache
 from homeserver.handlers.state import LRU
 from homeserver.storage import events as event_store
 from homeserver.storage import notifications as store
 from homeserver.storage.events import EventRow
-from homeserver.types import server_of
+from homeserver.types import now_ms, server_of
 
 if TYPE_CHECKING:
     from homeserver.handlers.state import StateKey
@@ -33,6 +39,8 @@ log = logging.getLogger(__name__)
 # A receipt on an older event than the newest one counted re-evaluates the events after it;
 # beyond this many the counter keeps what it had (the next receipt will settle it).
 MAX_RECOUNT_EVENTS = 1000
+# Notification rows per INSERT (a statement's bound parameters are limited).
+ROWS_PER_STATEMENT = 1000
 
 
 @dataclass
@@ -43,16 +51,40 @@ class PendingCounts:
     cache: CountsCache
     reset_user: str | None = None  # the local sender: their counter starts again
     notified: list[tuple[str, bool]] = field(default_factory=list)  # (user, highlight)
+    event_id: str = ""
+    actions: dict[str, str] = field(default_factory=dict)  # user -> actions as JSON
+    ts: int = 0
 
-    def statement(self, ordering: int) -> tuple[str, list[Any]] | None:
-        """Under the persist lock, once the event has its stream position."""
+    def statements(self, ordering: int) -> list[tuple[str, list[Any]]]:
+        """Under the persist lock, once the event has its stream position: the counter rows
+        and the notification rows, for the event's own transaction."""
+        out = []
         rows = [(u, 1, 1 if hl else 0, 0) for u, hl in self.notified]
         # A sender already at zero here needs no reset row (a later receipt for an older
         # event recounts from the events themselves, so nothing relies on it).
         if self.reset_user is not None and not self.cache.known_zero(self.room_id,
                                                                      self.reset_user):
             rows.append((self.reset_user, 0, 0, ordering))
-        return store.upsert_statement(self.room_id, rows, ordering) if rows else None
+        if rows:
+            out.append(store.upsert_statement(self.room_id, rows, ordering))
+        notes = [(u, self.actions.get(u) or _fallback_actions(hl), hl) for u, hl in self.notified]
+        for i in range(0, len(notes), ROWS_PER_STATEMENT):
+            out.append(store.insert_notifications_statement(
+                self.room_id, self.event_id, ordering, notes[i:i + ROWS_PER_STATEMENT], self.ts))
+        return out
+
+
+_ACTIONS: dict[str, str] = {}  # action lists as JSON, shared by every user who has them
+
+
+def _interned(actions: list) -> str:
+    # Most users have the default actions: one string for all of them, not one per user.
+    text = orjson.dumps(actions).decode()
+    return _ACTIONS.setdefault(text, text) if len(_ACTIONS) < 1000 else text
+
+
+def _fallback_actions(highlight: bool) -> str:
+    return '["notify",{"set_tweak":"highlight"}]' if highlight else '["notify"]'
 
 
 @dataclass
@@ -74,6 +106,11 @@ class NotificationHandler:
         self.hs = hs
         self.cache = CountsCache()
         self._views: LRU = LRU(2_000)  # room_id -> RoomView
+        # user_id -> (their compiled rules, rule_id -> actions as JSON of the rules that
+        # notify), for the rows
+        self._actions: LRU = LRU(5_000)
+        # Called after the commit with the users an event notified (the push sender wakes).
+        self.on_notified: Callable[[list[str]], None] | None = None
 
     # --- on persist ------------------------------------------------------------------------
 
@@ -131,7 +168,7 @@ class NotificationHandler:
     async def _for_event(self, pdu: dict[str, Any], event_id: str, state: dict[StateKey, str]
                          ) -> PendingCounts | None:
         room_id, sender = pdu["room_id"], pdu["sender"]
-        pending = PendingCounts(room_id, self.cache)
+        pending = PendingCounts(room_id, self.cache, event_id=event_id, ts=now_ms())
         if server_of(sender) == self.hs.server_name:
             pending.reset_user = sender
         view = await self._view(room_id, state, (event_id, pdu))
@@ -141,17 +178,37 @@ class NotificationHandler:
             rules = await self.hs.push_rules.evaluation_rules(others)
             memo: dict = {}  # conditions that do not depend on the member: once per event
             for user_id in others:
-                out = evaluate(rules[user_id], pdu, view.local[user_id], facts, memo)
+                flat = rules[user_id]
+                out = evaluate(flat, pdu, view.local[user_id], facts, memo)
                 if out.notify:
                     pending.notified.append((user_id, out.highlight))
+                    pending.actions[user_id] = await self._actions_of(user_id, flat, out)
         if pending.reset_user is None and not pending.notified:
             return None
         return pending
 
+    async def _actions_of(self, user_id: str, flat: tuple[CompiledRule, ...],
+                          out: Outcome) -> str:
+        """The actions of the rule that decided (evaluation keeps only what they mean), read
+        from the user's ruleset once per version of their rules."""
+        entry = self._actions.get_item(user_id)
+        if entry is None or entry[0] is not flat:
+            ruleset = await self.hs.push_rules.ruleset(user_id)
+            by_id: dict[str, str] = {}
+            for kind in KIND_ORDER:  # evaluation order: the first rule of an ID is the one
+                for rule in ruleset.get(kind, ()):
+                    actions = rule.get("actions")
+                    if rule.get("enabled", True) and isinstance(actions, list) \
+                            and "notify" in actions:
+                        by_id.setdefault(rule.get("rule_id", ""), _interned(actions))
+            entry = (flat, by_id)
+            self._actions.put(user_id, entry)
+        return entry[1].get(out.rule_id or "") or _fallback_actions(out.highlight)
+
     @contextmanager
     def persisting(self, pending: PendingCounts | None) -> Iterator[None]:
         """Around the event's transaction, under the persist lock: the cached counts follow
-        once it has committed (not if it failed)."""
+        once it has committed (not if it failed), and the push sender wakes."""
         yield
         if pending is None:
             return
@@ -159,6 +216,8 @@ class NotificationHandler:
             self.cache.add(pending.room_id, user_id, 1, 1 if highlight else 0)
         if pending.reset_user is not None:
             self.cache.clear(pending.room_id, pending.reset_user)
+        if pending.notified and self.on_notified is not None:
+            self.on_notified([u for u, _ in pending.notified])
 
     # --- read receipts ---------------------------------------------------------------------
 

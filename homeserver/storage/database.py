@@ -25,6 +25,7 @@ MODEL_MODULES = [
     "homeserver.storage.models_media",
     "homeserver.storage.models_e2e",
     "homeserver.storage.models_appservice",
+    "homeserver.storage.models_push",
 ]
 MIGRATIONS_PACKAGE = "homeserver.storage.migrations"
 
