@@ -172,17 +172,13 @@ class AccountHandler:
         else:
             hashes = [requester.token_hash]
         await store.delete_token(requester.token_hash)
-        self.hs.auth.forget_tokens([*hashes, requester.token_hash])
-        if requester.device_id:
-            await self.hs.pushers.devices_removed(requester.user_id, [requester.device_id])
-        await self.hs.e2e_keys.on_devices_removed(requester.user_id)
+        await self._devices_gone(requester.user_id, [*hashes, requester.token_hash],
+                                 [requester.device_id] if requester.device_id else [])
 
     async def logout_all(self, requester: Requester) -> None:
         hashes = await store.delete_user_tokens(requester.user_id)
         hashes += await store.delete_devices_except(requester.user_id, None)
-        self.hs.auth.forget_tokens(hashes)
-        await self.hs.pushers.devices_removed(requester.user_id)
-        await self.hs.e2e_keys.on_devices_removed(requester.user_id)
+        await self._devices_gone(requester.user_id, hashes)
 
     async def change_password(self, requester: Requester, new_password: str,
                               logout_devices: bool) -> None:
@@ -194,18 +190,13 @@ class AccountHandler:
         if logout_devices:
             hashes = await store.delete_devices_except(requester.user_id, requester.device_id)
             hashes += await store.delete_user_tokens(requester.user_id, requester.token_hash)
-            self.hs.auth.forget_tokens(hashes)
-            await self.hs.pushers.devices_removed(requester.user_id,
-                                                  keep_device=requester.device_id)
-            await self.hs.e2e_keys.on_devices_removed(requester.user_id)
+            await self._devices_gone(requester.user_id, hashes, keep_device=requester.device_id)
 
     async def deactivate(self, requester: Requester) -> None:
         await self.hs.rooms.leave_all_rooms(requester.user_id)
         hashes = await store.delete_user_tokens(requester.user_id)
         await store.deactivate(requester.user_id)
-        self.hs.auth.forget_tokens(hashes)
-        await self.hs.pushers.devices_removed(requester.user_id)
-        await self.hs.e2e_keys.on_devices_removed(requester.user_id)
+        await self._devices_gone(requester.user_id, hashes)
 
     # --- devices ---------------------------------------------------------------------------
 
@@ -223,7 +214,17 @@ class AccountHandler:
             raise MatrixError(404, "M_NOT_FOUND", "Unknown device")
 
     async def delete_devices(self, requester: Requester, device_ids: list[str]) -> None:
-        self.hs.auth.forget_tokens(await store.delete_devices(requester.user_id, device_ids))
-        await self.hs.pushers.devices_removed(requester.user_id, device_ids)
-        # Their keys, one-time keys and to-device inbox go too; other users learn of it.
-        await self.hs.e2e_keys.on_devices_removed(requester.user_id)
+        await self._devices_gone(requester.user_id,
+                                 await store.delete_devices(requester.user_id, device_ids),
+                                 device_ids)
+
+    async def _devices_gone(self, user_id: str, token_hashes: list[str],
+                            device_ids: list[str] | None = None,
+                            keep_device: str | None = None) -> None:
+        """After devices (`device_ids`; None: all but `keep_device`) and tokens were deleted:
+        cached tokens are forgotten, the devices' pushers removed, and their keys, one-time
+        keys and to-device inbox go too (other users learn of it)."""
+        self.hs.auth.forget_tokens(token_hashes)
+        if device_ids is None or device_ids:
+            await self.hs.pushers.devices_removed(user_id, device_ids, keep_device=keep_device)
+        await self.hs.e2e_keys.on_devices_removed(user_id)
