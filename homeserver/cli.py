@@ -1,4 +1,5 @@
-"""The `nexa` command: run, register-user, check-config, rotate-key, appservice new."""
+"""The `nexa` command: run, register-user, check-config, rotate-key, reindex-search,
+appservice new."""
 
 from __future__ import annotations
 
@@ -236,9 +237,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if key.exists() and key.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         problems.append(f"{key} is readable by other users: chmod 600 it")
     at_rest = _at_rest_check(cfg, problems)
+    from homeserver.handlers.search import describe_key
+
+    search_key = describe_key(cfg.data_dir, problems)
     for p in problems:
         print(f"warning: {p}")
     print(at_rest)
+    if search_key is not None:
+        print(search_key)
     from homeserver.config import load_appservice_registrations
 
     for path, reg in load_appservice_registrations(list(cfg.appservices)):
@@ -329,6 +335,48 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
                 print(f"error: {e}", file=sys.stderr)
                 return 1
             print(f"retired {', '.join(old)} from {path}")
+    return 0
+
+
+def cmd_reindex_search(args: argparse.Namespace) -> int:
+    """Rebuild the search index from the stored events: after upgrading a database that has
+    history, or when the index key was lost. The server may keep running."""
+    from homeserver.crypto.at_rest import AtRestError
+    from homeserver.crypto.keystore import LiveKeyring
+    from homeserver.handlers.search import load_key
+
+    if args.batch_size < 1:
+        print("error: --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    cfg = _load(args)
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        live = LiveKeyring.load(cfg.at_rest_key_path)  # events are read, so opened
+    except (OSError, AtRestError) as e:
+        print(f"error: at-rest keys: {e}", file=sys.stderr)
+        return 1
+    key = load_key(cfg.data_dir)
+
+    async def main() -> tuple[int, int]:
+        from homeserver.storage.database import Database
+        from homeserver.storage.search import reindex
+
+        db = Database(cfg.database_url, cfg.database.sqlite_synchronous, at_rest=live)
+        await db.open()
+        token = db.activate()
+        try:
+            return await reindex(key, batch=args.batch_size, progress=lambda n, rows: print(
+                f"indexed {n} events ({rows} rows)", flush=True))
+        finally:
+            db.deactivate(token)
+            await db.close()
+
+    try:
+        events, rows = asyncio.run(main())
+    except AtRestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"search index rebuilt: {events} events, {rows} rows")
     return 0
 
 
@@ -428,6 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     rot.add_argument("--grace-seconds", type=float, default=5.0,
                      help="how long a running server may take to notice the new key")
     rot.set_defaults(fn=cmd_rotate_key)
+
+    rix = sub.add_parser("reindex-search", help="rebuild the message search index from the "
+                         "stored events (the server may keep running)")
+    common(rix)
+    rix.add_argument("--batch-size", type=int, default=500, help="events per transaction")
+    rix.set_defaults(fn=cmd_reindex_search)
 
     asv = sub.add_parser("appservice", help="application-service registrations")
     asv_sub = asv.add_subparsers(dest="appservice_command", required=True)

@@ -56,6 +56,7 @@ class HomeServer:
         from homeserver.handlers.pushers import PusherHandler
         from homeserver.handlers.receipts import ReceiptsHandler
         from homeserver.handlers.rooms import RoomHandler
+        from homeserver.handlers.search import SearchHandler
         from homeserver.handlers.state import StateHandler
         from homeserver.handlers.sync import SyncHandler
         from homeserver.handlers.typing import TypingHandler
@@ -124,6 +125,7 @@ class HomeServer:
         from homeserver.realtime import Realtime
 
         self.realtime = Realtime(self)
+        self.search = SearchHandler(self)  # the blind message search index
 
     async def start(self) -> None:
         data_dir = self.config.data_dir
@@ -135,6 +137,7 @@ class HomeServer:
         token = self.db.activate()
         try:
             await self._check_at_rest_keys()
+            await self.search.start()  # its key, before any event can be indexed
             conn = self.db.conn()
             self.ids = StreamIds(
                 events=IdGenerator(await max_of(conn, "events", "stream_ordering")),

@@ -26,6 +26,7 @@ MODEL_MODULES = [
     "homeserver.storage.models_e2e",
     "homeserver.storage.models_appservice",
     "homeserver.storage.models_push",
+    "homeserver.storage.models_search",
 ]
 MIGRATIONS_PACKAGE = "homeserver.storage.migrations"
 

@@ -7,7 +7,7 @@ import importlib
 from quart import Blueprint
 
 _MODULES = ["account", "rooms", "events", "sync", "ephemeral", "user_data", "profile", "directory",
-            "keys", "push"]
+            "keys", "push", "search"]
 
 
 def blueprints() -> list[Blueprint]:
