@@ -12,6 +12,7 @@ import asyncio
 import secrets
 from typing import Any, Callable
 
+import orjson
 import pytest
 from aiohttp import web
 
@@ -221,9 +222,12 @@ async def test_batches_of_50_in_commit_order_then_rows_deleted(srv, api, fake):
     assert r.status == 200, r
     name_event = r.json["event_id"]
     await queue_pdus(srv, fake.name, [name_event, *ids], wake=False)
-    for i in range(3):
-        await in_db(srv, srv.hs.federation_sender.queue_edu, fake.name,
-                    {"edu_type": "org.nexa.test", "content": {"n": i}})
+    # All rows first, then one wake-up: queue_edu wakes the sender each time, and it could then
+    # send before the last EDU is queued (seen once in CI).
+    await in_db(srv, queue.queue_edus, [
+        (fake.name, orjson.dumps({"edu_type": "org.nexa.test", "content": {"n": i}}).decode())
+        for i in range(3)])
+    srv.hs.federation_sender.wake([fake.name])
 
     await outcomes.wait("sent", 2)
     assert len(fake.received) == 2
