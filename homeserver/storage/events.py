@@ -88,79 +88,79 @@ class PersistBatch:
 async def persist(batch: PersistBatch) -> None:
     r = batch.row
     sealed_json = EVENTS_JSON.seal(orjson.dumps(r.pdu), r.event_id)  # before taking the lock
+    stmts: list[sql.Statement] = []
+    if batch.replace_outlier:
+        stmts.append(("DELETE FROM events WHERE event_id = ? AND outlier = ?",
+                      [r.event_id, True]))
+    stmts.append((
+        f"INSERT INTO events ({EVENT_COLUMNS}, outlier, soft_failed) "
+        f"VALUES ({sql.placeholders(15)})",
+        [r.stream_ordering, r.event_id, r.room_id, r.type, r.state_key, r.sender, r.depth,
+         r.origin_server_ts, sealed_json, r.state_group, None, r.txn_device, r.txn_id,
+         batch.outlier, batch.soft_failed],
+    ))
+    if not batch.outlier:
+        stmts.append(sql.many(
+            "INSERT INTO event_edges (event_id, prev_event_id, room_id) VALUES (?,?,?)",
+            [(r.event_id, p, r.room_id) for p in batch.prev_event_ids],
+        ))
+    if batch.update_extremities:
+        if batch.prev_event_ids:
+            stmts.append((
+                "DELETE FROM forward_extremities WHERE room_id = ? AND event_id IN "
+                f"({sql.placeholders(len(batch.prev_event_ids))})",
+                [r.room_id, *batch.prev_event_ids],
+            ))
+        stmts.append((
+            "INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?)",
+            [r.room_id, r.event_id],
+        ))
+    if batch.new_state_group is not None:
+        gid, prev, chain, edits = batch.new_state_group
+        stmts.append((
+            "INSERT INTO state_groups (id, room_id, prev_group, chain_length) VALUES (?,?,?,?)",
+            [gid, r.room_id, prev, chain],
+        ))
+        stmts.append(sql.many(
+            "INSERT INTO state_group_edits (state_group, type, state_key, event_id) "
+            "VALUES (?,?,?,?)",
+            [(gid, t, sk, eid) for (t, sk), eid in edits.items()],
+        ))
+    for (t, sk), eid in batch.current_state_delta.items():
+        stmts.append((
+            "INSERT INTO current_state (room_id, type, state_key, event_id) VALUES (?,?,?,?) "
+            "ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id",
+            [r.room_id, t, sk, eid],
+        ))
+    for user_id, membership, event_id, ordering in batch.memberships:
+        stmts.append((
+            "INSERT INTO room_memberships (room_id, user_id, membership, event_id, "
+            "stream_ordering, forgotten) VALUES (?,?,?,?,?,?) ON CONFLICT (room_id, user_id) "
+            "DO UPDATE SET membership = excluded.membership, event_id = excluded.event_id, "
+            "stream_ordering = excluded.stream_ordering, forgotten = excluded.forgotten",
+            [r.room_id, user_id, membership, event_id, ordering, False],
+        ))
+    if batch.txn is not None:
+        stmts.append((
+            "INSERT INTO event_txns (user_id, device_id, txn_id, event_id, created_ts) "
+            "VALUES (?,?,?,?,?)",
+            [*batch.txn, r.event_id, r.origin_server_ts],
+        ))
+    if batch.relation is not None:
+        rel_to, rel_type, key = batch.relation
+        stmts.append((
+            "INSERT INTO event_relations (event_id, relates_to_id, rel_type, aggregation_key, "
+            "room_id, sender) VALUES (?,?,?,?,?,?)",
+            [r.event_id, rel_to, rel_type, key, r.room_id, r.sender],
+        ))
+    if batch.redacts is not None:
+        stmts.append((
+            "UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?",
+            [r.event_id, batch.redacts, r.room_id],
+        ))
+    stmts.extend(batch.extra)
     async with in_transaction() as conn:
-        if batch.replace_outlier:
-            await sql.execute("DELETE FROM events WHERE event_id = ? AND outlier = ?",
-                              [r.event_id, True], conn)
-        await sql.execute(
-            f"INSERT INTO events ({EVENT_COLUMNS}, outlier, soft_failed) "
-            f"VALUES ({sql.placeholders(15)})",
-            [r.stream_ordering, r.event_id, r.room_id, r.type, r.state_key, r.sender, r.depth,
-             r.origin_server_ts, sealed_json, r.state_group, None, r.txn_device, r.txn_id,
-             batch.outlier, batch.soft_failed],
-            conn,
-        )
-        if not batch.outlier:
-            await sql.execute_many(
-                "INSERT INTO event_edges (event_id, prev_event_id, room_id) VALUES (?,?,?)",
-                [(r.event_id, p, r.room_id) for p in batch.prev_event_ids], conn,
-            )
-        if batch.update_extremities:
-            if batch.prev_event_ids:
-                await sql.execute(
-                    "DELETE FROM forward_extremities WHERE room_id = ? AND event_id IN "
-                    f"({sql.placeholders(len(batch.prev_event_ids))})",
-                    [r.room_id, *batch.prev_event_ids], conn,
-                )
-            await sql.execute(
-                "INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?)",
-                [r.room_id, r.event_id], conn,
-            )
-        if batch.new_state_group is not None:
-            gid, prev, chain, edits = batch.new_state_group
-            await sql.execute(
-                "INSERT INTO state_groups (id, room_id, prev_group, chain_length) VALUES (?,?,?,?)",
-                [gid, r.room_id, prev, chain], conn,
-            )
-            await sql.execute_many(
-                "INSERT INTO state_group_edits (state_group, type, state_key, event_id) "
-                "VALUES (?,?,?,?)",
-                [(gid, t, sk, eid) for (t, sk), eid in edits.items()], conn,
-            )
-        for (t, sk), eid in batch.current_state_delta.items():
-            await sql.execute(
-                "INSERT INTO current_state (room_id, type, state_key, event_id) VALUES (?,?,?,?) "
-                "ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id",
-                [r.room_id, t, sk, eid], conn,
-            )
-        for user_id, membership, event_id, ordering in batch.memberships:
-            await sql.execute(
-                "INSERT INTO room_memberships (room_id, user_id, membership, event_id, "
-                "stream_ordering, forgotten) VALUES (?,?,?,?,?,?) ON CONFLICT (room_id, user_id) "
-                "DO UPDATE SET membership = excluded.membership, event_id = excluded.event_id, "
-                "stream_ordering = excluded.stream_ordering, forgotten = excluded.forgotten",
-                [r.room_id, user_id, membership, event_id, ordering, False], conn,
-            )
-        if batch.txn is not None:
-            await sql.execute(
-                "INSERT INTO event_txns (user_id, device_id, txn_id, event_id, created_ts) "
-                "VALUES (?,?,?,?,?)",
-                [*batch.txn, r.event_id, r.origin_server_ts], conn,
-            )
-        if batch.relation is not None:
-            rel_to, rel_type, key = batch.relation
-            await sql.execute(
-                "INSERT INTO event_relations (event_id, relates_to_id, rel_type, aggregation_key, "
-                "room_id, sender) VALUES (?,?,?,?,?,?)",
-                [r.event_id, rel_to, rel_type, key, r.room_id, r.sender], conn,
-            )
-        if batch.redacts is not None:
-            await sql.execute(
-                "UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?",
-                [r.event_id, batch.redacts, r.room_id], conn,
-            )
-        for stmt, values in batch.extra:
-            await sql.execute(stmt, values, conn)
+        await sql.execute_batch(stmts, conn)
 
 
 async def get_txn_event_id(user_id: str, device_id: str, txn_id: str) -> str | None:

@@ -37,3 +37,33 @@ async def test_cancelling_a_starting_transaction_gives_everything_back(backend, 
         pool = getattr(db.conn(), "_pool", None)
         if pool is not None:  # every pooled connection is back
             assert pool.get_idle_size() == pool.get_size()
+
+
+async def test_a_batch_of_writes_is_all_or_nothing(backend, tmp_path):
+    """sql.execute_batch (one hop to SQLite's thread for an event's whole write) keeps the
+    order of its statements, and a failing statement leaves nothing of the batch behind."""
+    from tortoise.exceptions import IntegrityError
+
+    from homeserver.storage import sql
+
+    async with open_database(backend, tmp_path):
+        insert = "INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?)"
+        async with in_transaction() as conn:
+            await sql.execute_batch([
+                (insert, ["!r:hs", "$a"]),
+                sql.many(insert, [("!r:hs", "$b"), ("!r:hs", "$c")]),
+                sql.many(insert, []),
+                ("DELETE FROM forward_extremities WHERE event_id = ?", ["$b"]),
+            ], conn)
+        rows = await sql.fetch("SELECT event_id FROM forward_extremities ORDER BY event_id")
+        assert [r["event_id"] for r in rows] == ["$a", "$c"]
+
+        with contextlib.suppress(IntegrityError):
+            async with in_transaction() as conn:
+                await sql.execute_batch([
+                    (insert, ["!r:hs", "$d"]),
+                    (insert, ["!r:hs", None]),  # NOT NULL: the whole batch is rolled back
+                ], conn)
+            raise AssertionError("the failing statement did not raise IntegrityError")
+        rows = await sql.fetch("SELECT event_id FROM forward_extremities ORDER BY event_id")
+        assert [r["event_id"] for r in rows] == ["$a", "$c"]
