@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import ipaddress
 import logging
-import socket
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import aiohttp.abc
 import orjson
 
 from homeserver.errors import invalid_param, missing_param
 from homeserver.handlers.auth import Requester
+from homeserver.handlers.http_client import LazySession, PublicOnlyResolver, is_public_address
 from homeserver.handlers.push_sender import PushSender
 from homeserver.handlers.visibility import format_events
 from homeserver.storage import notifications as notes
@@ -64,33 +62,6 @@ def _text(body: dict[str, Any], name: str, *, max_chars: int = MAX_TEXT_CHARS,
     if max_bytes is not None and len(value.encode("utf-8", "surrogatepass")) > max_bytes:
         raise invalid_param(f"{name} is longer than {max_bytes} bytes")
     return value
-
-
-def is_public_address(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]").split("%")[0]).is_global
-    except ValueError:
-        return True  # a name: its addresses are checked when connecting
-
-
-class PublicOnlyResolver(aiohttp.abc.AbstractResolver):
-    """Resolves gateway names to public addresses only. Any user may add a pusher, so without
-    this the server could be made to POST into its own network (SSRF); checked at connection
-    time, so a name that later resolves elsewhere (DNS rebinding) is caught too."""
-
-    def __init__(self) -> None:
-        self._inner = aiohttp.DefaultResolver()
-
-    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET):
-        found = await self._inner.resolve(host, port, family)
-        public = [a for a in found if is_public_address(a["host"])]
-        if not public:
-            raise OSError(f"push gateway {host} has no public address "
-                          "(push.allow_private_gateways is off)")
-        return public
-
-    async def close(self) -> None:
-        await self._inner.close()
 
 
 def _check_url(data: dict[str, Any], allow_private: bool = True) -> None:
@@ -175,7 +146,8 @@ class PusherHandler:
         self._owner: dict[int, str] = {}
         # Changes are rare: one at a time keeps the maps in the order of the database writes.
         self._lock = asyncio.Lock()
-        self._session: aiohttp.ClientSession | None = None
+        self._http = LazySession(
+            None if hs.config.push.allow_private_gateways else PublicOnlyResolver)
         self._pruner: asyncio.Task | None = None
         self._stopping = asyncio.Event()
 
@@ -202,18 +174,10 @@ class PusherHandler:
                 pass
             self._pruner = None
         await self.sender.stop()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     def http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            resolver = None if self.hs.config.push.allow_private_gateways \
-                else PublicOnlyResolver()
-            self._session = aiohttp.ClientSession(
-                headers={"User-Agent": "Nexa"},
-                connector=aiohttp.TCPConnector(limit=100, resolver=resolver))
-        return self._session
+        return self._http.get()
 
     # --- what the sender asks ------------------------------------------------------------------
 

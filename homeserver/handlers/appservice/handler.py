@@ -33,6 +33,7 @@ from homeserver.handlers.appservice.registration import AppService
 from homeserver.handlers.appservice.sender import AppServiceSender
 from homeserver.handlers.appservice.thirdparty import ThirdParty
 from homeserver.handlers.auth import Requester, hash_token
+from homeserver.handlers.http_client import LazySession
 from homeserver.handlers.state import LRU
 from homeserver.handlers.usernames import validate_localpart
 from homeserver.storage import accounts as account_store
@@ -66,7 +67,7 @@ class AppServiceHandler:
         self.interest = Interest(hs, self.services)
         self._masquerade_ok: LRU = LRU(50_000)  # (service id, user_id) -> expires
         self._query_misses: LRU = LRU(10_000)  # (service id, path) -> expires
-        self._session: aiohttp.ClientSession | None = None
+        self._http = LazySession()
         self.sender = AppServiceSender(hs, self)
         self.ephemeral = EphemeralQueue(hs, self)
         self.thirdparty = ThirdParty(self)
@@ -99,15 +100,10 @@ class AppServiceHandler:
     async def stop(self) -> None:
         await self.ephemeral.stop()
         await self.sender.stop()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     def http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                headers={"User-Agent": "Nexa"}, connector=aiohttp.TCPConnector(limit=100))
-        return self._session
+        return self._http.get()
 
     # --- authentication ----------------------------------------------------------------------
 
