@@ -64,6 +64,31 @@ async def drop_pg_database(name: str) -> None:
         await conn.close()
 
 
+class LoopbackApp:
+    """A fake remote service for tests (a push gateway, another homeserver, an application
+    service): an aiohttp app on 127.0.0.1:`port`. Subclasses add their routes in `routes`."""
+
+    port: int
+    _runner: Any = None
+
+    def routes(self, app: Any) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        app = web.Application()
+        self.routes(app)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
 @asynccontextmanager
 async def open_database(backend: str, tmp_path: Path, at_rest: Any = None):
     """A migrated, activated storage Database on a fresh SQLite file or PostgreSQL database,

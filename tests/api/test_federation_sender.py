@@ -99,7 +99,7 @@ async def until(event: asyncio.Event, pred: Callable[[], bool], what: str) -> No
         raise AssertionError(f"timed out waiting for {what}") from None
 
 
-class FakeRemote:
+class FakeRemote(servers.LoopbackApp):
     def __init__(self) -> None:
         self.port = servers.free_port()
         self.name = f"127.0.0.1:{self.port}"
@@ -122,17 +122,8 @@ class FakeRemote:
         return web.json_response({"pdus": {eid: {"error": err}
                                            for eid, err in self.pdu_errors.items()}})
 
-    async def start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_put("/_matrix/federation/v1/send/{txn_id}", self._send)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     def accepted(self) -> list[dict[str, Any]]:
         return [r for r in self.received if r["status"] == 200]

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from tests.client import Api, User
-from tests.servers import free_port, start_server
+from tests.servers import LoopbackApp, free_port, start_server
 
 NOTIFY = "/_matrix/push/v1/notify"
 WAIT_S = 20
@@ -28,7 +28,7 @@ async def server(backend, tmp_path_factory):
     await srv.destroy()
 
 
-class Gateway:
+class Gateway(LoopbackApp):
     """A push gateway on a loopback port: every request is recorded as (status served, body);
     `status` and `answer` say what it answers; stop() and start() take it down and back."""
 
@@ -49,17 +49,8 @@ class Gateway:
             return web.json_response({"error": "unavailable"}, status=self.status)
         return web.json_response(self.answer)
 
-    async def start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post(NOTIFY, self._notify)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     async def attempt(self) -> tuple[int, dict]:
         return await asyncio.wait_for(self.requests.get(), WAIT_S)

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from tests.servers import free_port
+from tests.servers import LoopbackApp, free_port
 
 
 def write_registration(path: Path, *, id: str = "fake", url: str | None, sender: str = "fakebot",
@@ -36,7 +36,7 @@ def write_registration(path: Path, *, id: str = "fake", url: str | None, sender:
     return data
 
 
-class FakeAppService:
+class FakeAppService(LoopbackApp):
     """Answers transactions, queries and pings; `fail_next` makes the next N transactions 500."""
 
     def __init__(self, hs_token: str) -> None:
@@ -119,22 +119,13 @@ class FakeAppService:
         status, body = self.thirdparty.get((kind, protocol), (404, {"errcode": "M_NOT_FOUND"}))
         return web.json_response(body, status=status)
 
-    async def start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/_matrix/app/v1/thirdparty/{kind}/{protocol}", self._thirdparty)
         app.router.add_get("/_matrix/app/v1/thirdparty/{kind}", self._thirdparty)
         app.router.add_put("/_matrix/app/v1/transactions/{txn_id}", self._txn)
         app.router.add_get("/_matrix/app/v1/users/{user_id}", self._user)
         app.router.add_get("/_matrix/app/v1/rooms/{alias}", self._room)
         app.router.add_post("/_matrix/app/v1/ping", self._ping)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     def ephemeral(self, key: str = "ephemeral") -> list[dict]:
         """Every accepted ephemeral item (key: the stable or the unstable MSC2409 name)."""
