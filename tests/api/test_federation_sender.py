@@ -107,7 +107,6 @@ class FakeRemote(servers.LoopbackApp):
         self.fail: list[int] = []  # statuses to answer with, one per request, before 200s
         self.pdu_errors: dict[str, str] = {}
         self.changed = asyncio.Event()
-        self._runner: web.AppRunner | None = None
 
     async def _send(self, request: web.Request) -> web.Response:
         body = await request.json()

@@ -37,7 +37,6 @@ class Gateway(LoopbackApp):
         self.requests: asyncio.Queue[tuple[int, dict]] = asyncio.Queue()
         self.status = 200
         self.answer: dict[str, Any] = {"rejected": []}
-        self._runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:

@@ -60,7 +60,6 @@ class FakeAppService(LoopbackApp):
         self.thirdparty_queries: list[tuple[str, str | None, dict[str, str]]] = []
         self.thirdparty_stall: asyncio.Event | None = None  # set: answers wait for it
         self.changed = asyncio.Event()
-        self._runner: web.AppRunner | None = None
 
     def _authorised(self, request: web.Request) -> bool:
         ok = request.headers.get("Authorization") == f"Bearer {self.hs_token}"
