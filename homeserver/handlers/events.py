@@ -33,8 +33,11 @@ log = logging.getLogger(__name__)
 MAX_PREV_EVENTS = 10
 
 PersistedCallback = Callable[[EventRow], Awaitable[None] | None]
-# (pdu, event_id) -> (statements for the event's transaction, callback after the commit)
-OutboxHook = Callable[[dict, str], Awaitable[tuple[list[tuple[str, list[Any]]],
+# (pdu, event_id) -> (statements for the event's transaction, or a function of the event's
+# stream position giving them (it is assigned later, under the persist lock), and a callback
+# after the commit)
+Statements = list[tuple[str, list[Any]]]
+OutboxHook = Callable[[dict, str], Awaitable[tuple[Statements | Callable[[int], Statements],
                                                    Callable[[], None] | None]]]
 
 
@@ -290,7 +293,7 @@ class EventHandler:
                 if isinstance(target, str):
                     batch.redacts = target
             for statements, _ in hooked:
-                batch.extra.extend(statements)
+                batch.extra.extend(statements(ordering) if callable(statements) else statements)
             if counts is not None:
                 batch.extra.extend(counts.statements(ordering))
             for dest in destinations or ():

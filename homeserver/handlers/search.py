@@ -16,7 +16,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from homeserver.config import ConfigError
 from homeserver.errors import bad_json, invalid_param, missing_param
@@ -223,9 +223,9 @@ class SearchHandler:
                         KEY_FILE)
 
     async def outbox_hook(self, pdu: dict[str, Any], event_id: str
-                          ) -> tuple[list[tuple[str, list[Any]]], None]:
+                          ) -> tuple[Callable[[int], list[tuple[str, list[Any]]]], None]:
         """Index rows of a timeline event (and a redaction's deletion of its target's), written
-        in the event's transaction."""
+        in the event's transaction once it has its stream position."""
         statements: list[tuple[str, list[Any]]] = []
         try:
             if pdu.get("type") == "m.room.redaction":
@@ -235,12 +235,15 @@ class SearchHandler:
             if self.key is None:
                 self.key = load_key(self.hs.config.data_dir)
             found = event_tokens(self.key, pdu)
-            if found is not None:
-                statements += store.insert_statements(event_id, pdu["room_id"], *found)
         except Exception:  # indexing must never stop an event from being stored
             log.exception("search indexing failed for %s", event_id)
-            return [], None
-        return statements, None
+            return lambda ordering: [], None
+
+        def at(ordering: int) -> list[tuple[str, list[Any]]]:
+            if found is None:
+                return statements
+            return statements + store.insert_statements(event_id, pdu["room_id"], ordering, *found)
+        return at, None
 
     async def search(self, requester: Requester, body: dict[str, Any],
                      next_batch: str | None) -> dict[str, Any]:

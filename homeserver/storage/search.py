@@ -16,22 +16,20 @@ from homeserver.storage.transactions import in_transaction
 
 ROWS_PER_STATEMENT = 100
 _E_COLUMNS = ", ".join(f"e.{c.strip()}" for c in READ_COLUMNS.split(","))
-_ROW_FROM_EVENT = "(?,?,?,?,?,(SELECT stream_ordering FROM events WHERE event_id = ?))"
+_ROW = "(?,?,?,?,?,?)"
 
 
-def insert_statements(event_id: str, room_id: str, field: int, hashes: list[str]
-                      ) -> list[tuple[str, list[Any]]]:
-    """Rows for an event being persisted: its stream ordering is assigned under the persist
-    lock, after these statements were made, so each row reads it from the events row written
-    earlier in the same transaction."""
+def insert_statements(event_id: str, room_id: str, ordering: int, field: int,
+                      hashes: list[str]) -> list[tuple[str, list[Any]]]:
+    """Index rows of an event, for its own transaction."""
     out = []
     for i in range(0, len(hashes), ROWS_PER_STATEMENT):
         chunk = hashes[i:i + ROWS_PER_STATEMENT]
         values: list[Any] = []
         for h in chunk:
-            values.extend((h, event_id, room_id, field, len(hashes), event_id))
+            values.extend((h, event_id, room_id, field, len(hashes), ordering))
         out.append(("INSERT INTO search_index (token_hash, event_id, room_id, field, tokens, "
-                    f"stream_ordering) VALUES {','.join([_ROW_FROM_EVENT] * len(chunk))}",
+                    f"stream_ordering) VALUES {','.join([_ROW] * len(chunk))}",
                     values))
     return out
 
