@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import orjson
-from homeserver.storage.transactions import in_transaction
 
 from homeserver.storage import sql
 from homeserver.storage.sealed import EVENTS_JSON
@@ -159,8 +158,7 @@ async def persist(batch: PersistBatch) -> None:
             [r.event_id, batch.redacts, r.room_id],
         ))
     stmts.extend(batch.extra)
-    async with in_transaction() as conn:
-        await sql.execute_batch(stmts, conn)
+    await sql.write_transaction(stmts)
 
 
 async def get_txn_event_id(user_id: str, device_id: str, txn_id: str) -> str | None:

@@ -6,8 +6,11 @@ import re
 import sqlite3
 from typing import Any, NamedTuple, Sequence, Union
 
+from tortoise.backends.base.client import TransactionalDBClient
 from tortoise.connection import get_connection
 from tortoise.exceptions import IntegrityError, OperationalError
+
+from homeserver.storage.transactions import in_transaction
 
 _QMARK = re.compile(r"\?")
 
@@ -64,21 +67,61 @@ async def execute_batch(statements: list[Statement], conn) -> None:
     depend on the result of another (they are writes)."""
     if not statements:
         return
-    raw = getattr(conn, "_connection", None)  # aiosqlite's connection, on SQLite
-    if conn.capabilities.dialect == "sqlite" and hasattr(raw, "_execute"):
-        async with conn.acquire_connection() as connection:
-            try:
-                await connection._execute(_run_all, connection._conn, statements)
-            except sqlite3.IntegrityError as e:
-                raise IntegrityError(e) from e
-            except sqlite3.OperationalError as e:
-                raise OperationalError(e) from e
+    if _on_aiosqlite(conn):
+        await _in_sqlite_thread(conn, _run_all, statements)
         return
     for stmt in statements:
         if isinstance(stmt, Many):
             await execute_many(stmt.query, stmt.rows, conn)
         else:
             await execute(stmt[0], stmt[1], conn)
+
+
+async def write_transaction(statements: list[Statement]) -> None:
+    """Run these writes in one transaction of their own, committed when this returns.
+
+    On SQLite the whole transaction (BEGIN, the writes, COMMIT) is one trip to the database
+    thread. Through tortoise's transaction context it is four (its BEGIN is a COMMIT and a
+    BEGIN), and SQLite's single connection is locked for all of them: every other query of
+    the server waits behind a commit for four event-loop turns instead of one. A caller
+    already inside a transaction has its writes run there instead. Cancelling the caller
+    cannot split the transaction: the database thread finishes it (commit or rollback)."""
+    conn = _conn()
+    if isinstance(conn, TransactionalDBClient):  # inside the caller's transaction
+        await execute_batch(statements, conn)
+        return
+    if not _on_aiosqlite(conn):
+        async with in_transaction() as txn:
+            await execute_batch(statements, txn)
+        return
+    # The client's connection lock is also its transaction lock: nothing else runs meanwhile.
+    await _in_sqlite_thread(conn, _run_in_transaction, statements)
+
+
+def _on_aiosqlite(conn) -> bool:
+    raw = getattr(conn, "_connection", None)  # aiosqlite's connection, on SQLite
+    return conn.capabilities.dialect == "sqlite" and hasattr(raw, "_execute")
+
+
+async def _in_sqlite_thread(conn, fn, statements: list[Statement]) -> None:
+    async with conn.acquire_connection() as connection:
+        try:
+            await connection._execute(fn, connection._conn, statements)
+        except sqlite3.IntegrityError as e:
+            raise IntegrityError(e) from e
+        except sqlite3.OperationalError as e:
+            raise OperationalError(e) from e
+
+
+def _run_in_transaction(db: sqlite3.Connection, statements: list[Statement]) -> None:
+    """In SQLite's thread: BEGIN, the writes, COMMIT; ROLLBACK if any write fails."""
+    db.execute("BEGIN")
+    try:
+        _run_all(db, statements)
+    except BaseException:
+        db.rollback()
+        raise
+    db.commit()
 
 
 def _run_all(db: sqlite3.Connection, statements: list[Statement]) -> None:
