@@ -7,10 +7,14 @@ persistence is serialised per process (stream orderings become visible in increa
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
 import logging
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from tortoise.exceptions import IntegrityError
 
 from homeserver.errors import MatrixError, forbidden
 from homeserver.events.auth import AuthError, auth_types_for_event, check_auth
@@ -22,6 +26,7 @@ from homeserver.storage import events as event_store
 from homeserver.storage import state as state_store
 from homeserver.storage.events import EventRow, PersistBatch
 from homeserver.handlers.appservice import MASSAGED_TS
+from homeserver.handlers.lru import LRU
 from homeserver.handlers.state import StateKey
 from homeserver.types import now_ms, server_of
 
@@ -31,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_PREV_EVENTS = 10
+RECENT_TXNS = 10_000
 
 PersistedCallback = Callable[[EventRow], Awaitable[None] | None]
 # (pdu, event_id) -> (statements for the event's transaction, or a function of the event's
@@ -46,11 +52,24 @@ def runs_to_completion(fn):
     that went away, a bridge request that timed out): a cancellation between the commit and
     the caches that follow it would leave the current state or stream positions behind the
     database, and a half-written room lock section would let the next event fork from stale
-    state. The caller still sees the cancellation."""
+    state. The caller still sees the cancellation.
+
+    Inside another such write (send_event persisting its event) the call runs directly: the
+    outer one already finishes, and every shield costs a task and two event-loop turns, here
+    while the room lock is held."""
     @functools.wraps(fn)
     async def wrapper(*args, **kwargs):
-        return await asyncio.shield(fn(*args, **kwargs))
+        if _COMPLETING.get():
+            return await fn(*args, **kwargs)
+
+        async def run():
+            _COMPLETING.set(True)  # in the shield's task only
+            return await fn(*args, **kwargs)
+        return await asyncio.shield(run())
     return wrapper
+
+
+_COMPLETING: contextvars.ContextVar[bool] = contextvars.ContextVar("completing", default=False)
 
 
 class EventHandler:
@@ -61,6 +80,15 @@ class EventHandler:
         # room_id -> (a state group equal to the current state, its chain length)
         self._room_groups: dict[str, tuple[int | None, int]] = {}
         self._chains: dict[int, int] = {}
+        # room_id -> its forward extremities, as committed (only persist_event changes them);
+        # a load that raced a commit is not kept (the generation moved on).
+        self._extremities: dict[str, list[str]] = {}
+        self._extremities_gen: defaultdict[str, int] = defaultdict(int)
+        # (user, device, txn_id) -> [lock, waiters]: one request per transaction ID at a time,
+        # so its duplicate check can run before the room lock, not while holding it.
+        self._txn_locks: dict[tuple[str, str, str], list] = {}
+        # (user, device, txn_id) -> event_id of the latest sends (a client's retry finds it here)
+        self._recent_txns: LRU = LRU(RECENT_TXNS)
         # Called with destinations that have new federation queue rows (the sender wakes).
         self.on_outbox: Callable[[list[str]], None] | None = None
         # Called after every persisted event (federation sender, appservices, realtime …).
@@ -110,28 +138,82 @@ class EventHandler:
         version = await self.hs.state.room_version(room_id)
         if version is None:
             raise MatrixError(404, "M_NOT_FOUND", "Unknown room")
-        async with self.room_lock(room_id):
+        async with self._txn_guard(sender, txn):
             if txn is not None:
-                existing = await event_store.get_txn_event_id(sender, txn[0], txn[1])
-                if existing is not None:
-                    row = await self.hs.state.get_event(existing)
-                    if row is not None:
-                        return row
-            current = await self.hs.state.current_state_ids(room_id)
-            pdu = await self._build(room_id, version, sender, etype, content, state_key,
-                                    redacts, origin_server_ts)
-            auth_map = await self._auth_map(pdu, current)
-            if check is not None:
-                await check(pdu, auth_map)
+                event_id = self._recent_txns.get_item((sender, *txn))
+                row = await self.hs.state.get_event(event_id) if event_id else None
+                if row is not None:
+                    return row
             try:
-                check_auth(pdu, {k: v.pdu for k, v in auth_map.items()}, version)
-            except AuthError as e:
-                raise forbidden(e.reason) from None
-            pdu["auth_events"] = sorted(r.event_id for r in auth_map.values())
-            return await self._finish_and_persist(pdu, version, current, sender, txn, countersign)
+                async with self.room_lock(room_id):
+                    return await self._create_locked(room_id, version, sender, etype, content,
+                                                     state_key, txn, redacts,
+                                                     origin_server_ts, check, countersign)
+            except IntegrityError:
+                # A transaction ID used before, longer ago than the memory above: the unique
+                # key of event_txns refused it and the write rolled back. No read per send
+                # looks for it first: that read queued every send behind the database.
+                event_id = await event_store.get_txn_event_id(sender, *txn) if txn else None
+                row = await self.hs.state.get_event(event_id) if event_id else None
+                if row is None:
+                    raise
+                return row
+
+    @contextlib.asynccontextmanager
+    async def _txn_guard(self, sender: str, txn: tuple[str, str] | None):
+        if txn is None:
+            yield
+            return
+        key = (sender, *txn)
+        entry = self._txn_locks.get(key)
+        if entry is None:
+            entry = self._txn_locks[key] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._txn_locks[key]
+
+    async def _create_locked(self, room_id, version, sender, etype, content, state_key, txn,
+                             redacts, origin_server_ts, check, countersign) -> EventRow:
+        """send_event's part under the room lock."""
+        current = await self.hs.state.current_state_ids(room_id)
+        pdu = await self._build(room_id, version, sender, etype, content, state_key,
+                                redacts, origin_server_ts)
+        auth_map = await self._auth_map(pdu, current)
+        if check is not None:
+            await check(pdu, auth_map)
+        try:
+            check_auth(pdu, {k: v.pdu for k, v in auth_map.items()}, version)
+        except AuthError as e:
+            raise forbidden(e.reason) from None
+        pdu["auth_events"] = sorted(r.event_id for r in auth_map.values())
+        return await self._finish_and_persist(pdu, version, current, sender, txn, countersign)
+
+    async def extremities(self, room_id: str) -> list[str]:
+        """The room's forward extremities (the events a new event follows)."""
+        cached = self._extremities.get(room_id)
+        if cached is None:
+            gen = self._extremities_gen[room_id]
+            cached = await event_store.get_extremities(room_id)
+            if self._extremities_gen[room_id] == gen:
+                self._extremities[room_id] = cached
+        return list(cached)
+
+    def _extremities_committed(self, room_id: str, prev_event_ids: list[str],
+                               event_id: str) -> None:
+        """What persist wrote (the prev events replaced by the event), applied to the cache."""
+        self._extremities_gen[room_id] += 1
+        cached = self._extremities.get(room_id)
+        if cached is not None:
+            gone = set(prev_event_ids)
+            self._extremities[room_id] = [e for e in cached if e not in gone] + [event_id]
 
     async def _build(self, room_id, version, sender, etype, content, state_key, redacts, ts):
-        extremities = await event_store.get_extremities(room_id)
+        extremities = await self.extremities(room_id)
         prev_rows = await self.hs.state.get_events(extremities)
         prev = sorted(prev_rows.values(), key=lambda r: -r.depth)[:MAX_PREV_EVENTS]
         pdu: dict[str, Any] = {
@@ -302,6 +384,10 @@ class EventHandler:
                     [dest, event_id, now_ms()]))
             with hs.notifications.persisting(counts):  # the cached counts follow the commit
                 await event_store.persist(batch)
+            if batch.update_extremities:
+                self._extremities_committed(room_id, batch.prev_event_ids, event_id)
+            if txn is not None:
+                self._recent_txns.put(txn, event_id)
             if not (outlier or backfilled):
                 hs.ids.events.mark_visible(ordering)
             # Caches follow the commit.

@@ -17,6 +17,34 @@ async def test_txn_idempotency_per_device(api):
     assert msgs["chunk"][0]["unsigned"]["transaction_id"] == "txn1"
 
 
+async def test_txn_idempotency_concurrent_and_after_restart(server, api):
+    """The same txnId at once (one waits for the other), and again after a restart, when the
+    server no longer remembers it and only the database's unique key catches it."""
+    import asyncio
+
+    alice = await api.register()
+    room_id = await alice.create_room()
+    body = {"msgtype": "m.text", "body": "once"}
+    path = f"/rooms/{room_id}/send/m.room.message/txn-r"
+    a, b = await asyncio.gather(alice.put(path, body), alice.put(path, body))
+    assert a.status == b.status == 200
+    assert a.json["event_id"] == b.json["event_id"]
+    await server.stop()
+    await server.start()
+    c = await alice.put(path, {"msgtype": "m.text", "body": "different, but a retry"})
+    assert c.status == 200 and c.json["event_id"] == a.json["event_id"]
+    after = await alice.put(f"/rooms/{room_id}/send/m.room.message/txn-next", body)
+    assert after.status == 200
+    msgs = (await alice.get(f"/rooms/{room_id}/messages", params={"dir": "b", "limit": "50"})).json
+    ids = [e["event_id"] for e in msgs["chunk"] if e["type"] == "m.room.message"]
+    assert ids == [after.json["event_id"], a.json["event_id"]]
+    # The refused write left no fork: the next event follows the first one only.
+    ev = (await alice.get(f"/rooms/{room_id}/event/{after.json['event_id']}")).json
+    assert ev["event_id"] == after.json["event_id"]
+    assert server.hs.events._extremities.get(room_id, [after.json["event_id"]]) == [
+        after.json["event_id"]]
+
+
 async def test_event_too_large_and_bad_content(api):
     alice = await api.register()
     room_id = await alice.create_room()

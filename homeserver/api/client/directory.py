@@ -8,7 +8,7 @@ from quart import Blueprint, request
 from homeserver.api.common import Body, Requester, authed, body, hs, json_object, query_int, \
     respond, validate
 from homeserver.types import is_valid_server_name
-from homeserver.errors import invalid_param, missing_param, not_found
+from homeserver.errors import invalid_param, missing_param
 from homeserver.handlers.directory import USER_SEARCH_DEFAULT_LIMIT, PublicRoomsQuery
 
 bp = Blueprint("directory", __name__)

@@ -16,7 +16,6 @@ from homeserver.handlers.federation.transport import (
     DestinationUnreachable, FederationError, as_client_error,
 )
 from homeserver.storage import accounts as account_store
-from homeserver.storage import events as event_store
 from homeserver.storage import state as state_store
 from homeserver.storage.models_state import Room
 from homeserver.types import now_ms, server_of
@@ -50,7 +49,7 @@ class FederationMembership:
                               "Your server does not support this room's version",
                               room_version=version.identifier)
         current = await hs.state.current_state_ids(room_id)
-        extremities = await event_store.get_extremities(room_id)
+        extremities = await hs.events.extremities(room_id)
         prev_rows = await hs.state.get_events(extremities)
         template = {
             "room_id": room_id, "sender": user_id, "type": "m.room.member", "state_key": user_id,

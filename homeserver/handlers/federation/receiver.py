@@ -185,7 +185,7 @@ class FederationReceiver:
             soft_failed = True
         new_current = None
         if not soft_failed:
-            extremities = set(await event_store.get_extremities(pdu["room_id"]))
+            extremities = set(await hs.events.extremities(pdu["room_id"]))
             if extremities <= set(prevs):
                 new_current = state_after
             else:
@@ -294,7 +294,7 @@ class FederationReceiver:
         until we reach events we know (bounded), then apply them oldest first — so a server
         that was down sees the history in its real order."""
         room_id = pdu["room_id"]
-        extremities = await event_store.get_extremities(room_id)
+        extremities = await self.hs.events.extremities(room_id)
         latest = [compute_event_id(pdu, version)]
         fetched: dict[str, dict] = {}
         for _ in range(MISSING_EVENTS_ROUNDS):
