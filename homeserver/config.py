@@ -86,8 +86,8 @@ class LimitsConfig(_Section):
     login: RateLimit = RateLimit(per_second=0.5, burst=10)
     registration: RateLimit = RateLimit(per_second=0.2, burst=10)
     messages: RateLimit = RateLimit(per_second=50, burst=500)
-    # Under load a woken /sync waits up to this long for more events, so busy servers send
-    # fewer, fuller responses (no wait below ~30 events/s).
+    # Under load each device gets at most one /sync response per this many milliseconds,
+    # so busy servers send fewer, fuller responses (no wait below 100 responses/s).
     sync_coalesce_ms: int = Field(60, ge=0, le=1000)
 
 

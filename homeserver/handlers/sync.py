@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from homeserver.handlers.auth import Requester
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMELINE_LIMIT = 10
 MAX_TIMEOUT_MS = 300_000
+MAX_PACED_DEVICES = 50_000
 
 
 class DecayingRate:
@@ -70,14 +72,32 @@ class SyncHandler:
         self.hs = hs
         self.coalesce_max_s = hs.config.limits.sync_coalesce_ms / 1000
         self._wake_rate = DecayingRate(half_life_s=1.0)
+        # device (its token hash) -> when its last incremental response was computed
+        self._answered: OrderedDict[str, float] = OrderedDict()
 
     def coalesce_delay(self) -> float:
-        """How long a woken /sync waits for more events. What costs is responses, so the
-        delay follows how often long-polls are woken: none below 100 wake-ups a second,
-        rising linearly to the configured maximum at 500 a second."""
+        """The coalescing window: under load a device gets at most one incremental response
+        per window, holding everything that landed meanwhile. What costs is responses, so
+        the window follows how many the server gives: none below 100 a second, rising
+        linearly to the configured maximum at 500 a second."""
         self._wake_rate.hit()
         rate = self._wake_rate.per_second()
         return self.coalesce_max_s * min(1.0, max(0.0, (rate - 100) / 400))
+
+    def _pace(self, device_key: str) -> float:
+        """Seconds this device's next response should wait, and note that it is answered.
+
+        Pacing each device, rather than pausing after a wake-up, also holds back the client
+        that is already behind when it asks again (the usual case under load: events land
+        while it handles the previous response), which a wake-up pause never saw."""
+        window = self.coalesce_delay()
+        now = time.monotonic()
+        last = self._answered.pop(device_key, None)
+        pause = 0.0 if last is None else max(0.0, last + window - now)
+        self._answered[device_key] = now + pause
+        while len(self._answered) > MAX_PACED_DEVICES:
+            self._answered.popitem(last=False)
+        return pause
 
     def current_token(self) -> StreamToken:
         hs = self.hs
@@ -110,12 +130,15 @@ class SyncHandler:
                         empty = self._empty(since_tok)
                         await self._key_counts(empty, requester)
                         return empty
-                    # Under load many events land within milliseconds: answer them in one
-                    # response instead of one response each (no delay when the server is quiet).
-                    delay = self.coalesce_delay()
-                    if delay:
-                        await asyncio.sleep(min(delay, max(0.0, remaining)))
                     continue
+                if since_tok is not None and not full_state:
+                    # Under load many events land within milliseconds: a device gets them in
+                    # one response per coalescing window instead of one response each (no
+                    # delay when the server is quiet).
+                    pause = self._pace(requester.token_hash)
+                    if pause > 0:
+                        await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                        now = self.current_token()
             result = await self._compute(requester, since_tok, now, full_state, flt)
             if (since_tok is None or full_state or self._has_content(result)
                     or time.monotonic() >= deadline):
