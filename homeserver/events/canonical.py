@@ -10,6 +10,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import canonicaljson
+import orjson
 import unpaddedbase64
 
 # Canonical JSON only allows integers that survive an IEEE double round trip.
@@ -53,6 +54,13 @@ def canonical_json(obj: Any) -> bytes:
     ±(2**53-1), non-string keys and non-JSON types.
     """
     _validate(obj)
+    try:
+        # orjson with sorted keys writes the same bytes as the canonicaljson library (a
+        # property test holds them equal) at a tenth of the cost; an event is encoded five
+        # times on its way in (content check, size, content hash, signature, event ID).
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        pass  # nested deeper than orjson's 255 levels, or a lone surrogate: the library says
     try:
         return canonicaljson.encode_canonical_json(obj)
     except (TypeError, UnicodeEncodeError, RecursionError) as exc:  # lone surrogates, deep nesting

@@ -161,3 +161,37 @@ def test_unknown_room_version_raises(ident):
 def test_room_version_is_frozen():
     with pytest.raises(Exception):
         get_room_version("10").identifier = "11"
+
+
+# --- the fast encoder against the reference library ------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+import canonicaljson  # noqa: E402
+
+_json_values = st.recursive(
+    st.none() | st.booleans()
+    | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
+    | st.text(st.characters(blacklist_categories=("Cs",))),  # any code point but surrogates
+    lambda children: st.lists(children, max_size=5)
+    | st.dictionaries(st.text(st.characters(blacklist_categories=("Cs",)), max_size=8),
+                      children, max_size=5),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_json_values)
+def test_fast_canonical_json_is_byte_identical_to_the_library(value):
+    """canonical_json encodes with orjson; the canonicaljson library is the reference. Key
+    order across all of Unicode, control characters and escapes must come out the same."""
+    assert canonical_json(value) == canonicaljson.encode_canonical_json(value)
+
+
+def test_nesting_beyond_orjson_and_lone_surrogates_fall_back_to_the_library():
+    deep: object = 1
+    for _ in range(300):  # orjson stops at 255 levels
+        deep = {"a": [deep]}
+    assert canonical_json(deep) == canonicaljson.encode_canonical_json(deep)
+    with pytest.raises(ValueError):
+        canonical_json({"a": "\ud800"})
