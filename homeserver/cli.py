@@ -17,7 +17,8 @@ from pathlib import Path
 from homeserver.config import Config, ConfigError, is_loopback, load_config
 
 DEFAULT_CONFIG = "config.yaml"
-GC_GEN0_THRESHOLD = 5000  # the default is 700; see tune_gc
+GC_GEN0_THRESHOLD = 5000  # the default is 700; see tune_runtime
+SWITCH_INTERVAL_S = 0.0001  # the default is 0.005; see tune_runtime
 
 
 def _config_path(arg: str | None) -> str | None:
@@ -108,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     shutdown = asyncio.Event()
 
     async def main() -> None:
-        tune_gc()
+        tune_runtime()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, shutdown.set)
@@ -125,8 +126,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def tune_gc() -> None:
-    """Make the cyclic garbage collector cheaper for a long-running server.
+def tune_runtime() -> None:
+    """Make the interpreter fit a long-running server whose database runs in a thread.
+
+    SQLite runs in aiosqlite's thread, and that thread gives up the GIL for every statement
+    it executes and must win it back each time. With the event loop busy, winning it back
+    takes up to the switch interval: at the default 5 ms an event's write (a dozen
+    statements, a commit) spent most of its time waiting, while holding the room's lock.
+    A 0.1 ms interval lets the database thread back in promptly; the loop only pays for it
+    while another thread is waiting. (The bench showed messages/s up by a quarter.)
+
+    Make the cyclic garbage collector cheaper, too.
 
     What is alive once the app is built (modules, routes, config) lives as long as the process:
     freezing it keeps every full collection from re-scanning it. Requests allocate many
@@ -137,6 +147,7 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
