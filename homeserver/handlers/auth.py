@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import bcrypt
 
 from homeserver.errors import MatrixError
-from homeserver.handlers.state import LRU
+from homeserver.handlers.lru import LRU
 from homeserver.storage import accounts as account_store
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ import orjson
 from homeserver.storage.transactions import in_transaction
 
 from homeserver.events.signing import SignatureError, verify_json
-from homeserver.handlers.state import LRU
+from homeserver.handlers.lru import LRU
 from homeserver.storage import e2e as store
 from homeserver.storage import federation_queue as queue
 from homeserver.storage import state as state_store

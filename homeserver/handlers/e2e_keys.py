@@ -34,7 +34,7 @@ from homeserver.handlers.e2e_keys_common import (FEDERATION_REFUSED, MAX_CLAIMS,
                                                  E2eKeysPart, canonical, is_ed25519_public)
 from homeserver.handlers.e2e_keys_query import KeyQueries
 from homeserver.handlers.e2e_keys_signing import CrossSigning
-from homeserver.handlers.state import LRU
+from homeserver.handlers.lru import LRU
 from homeserver.storage import accounts as account_store
 from homeserver.storage import e2e as store
 from homeserver.types import is_valid_user_id

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
-from homeserver.handlers.state import LRU
+from homeserver.handlers.lru import LRU
 from homeserver.storage import userdata as store
 from homeserver.types import is_valid_user_id
 

@@ -24,7 +24,7 @@ import orjson
 from homeserver.events.power_levels import CREATE_KEY, POWER_LEVELS_KEY, get_user_power_level
 from homeserver.events.push_eval import KIND_ORDER, CompiledRule, Outcome, RoomFacts, evaluate
 from homeserver.handlers.notification_cache import CountsCache
-from homeserver.handlers.state import LRU
+from homeserver.handlers.lru import LRU
 from homeserver.storage import events as event_store
 from homeserver.storage import notifications as store
 from homeserver.storage.events import EventRow

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from homeserver.storage.transactions import in_transaction
 
 from homeserver.errors import forbidden, invalid_param
-from homeserver.handlers.state import LRU
+from homeserver.handlers.lru import LRU
 from homeserver.storage import state as state_store
 from homeserver.storage import userdata as store
 from homeserver.types import is_valid_user_id, now_ms

@@ -16,7 +16,7 @@ import orjson
 
 from homeserver.errors import MatrixError, invalid_param, not_found
 from homeserver.events.push_eval import CompiledRule, compile_rules
-from homeserver.handlers.state import LRU
+from homeserver.handlers.lru import LRU
 from homeserver.storage import notifications as counts_store
 from homeserver.storage import userdata as store
 

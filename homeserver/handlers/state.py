@@ -7,10 +7,11 @@ process, so the cache never goes stale behind our back).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Iterable
 
 from homeserver.events.room_versions import RoomVersion, get_room_version
+from homeserver.handlers.event_cache import EventCache
+from homeserver.handlers.lru import LRU
 from homeserver.handlers.recent import RecentEvents
 from homeserver.storage import events as event_store
 from homeserver.storage import state as state_store
@@ -23,40 +24,10 @@ if TYPE_CHECKING:
 StateKey = tuple[str, str]
 
 
-class LRU(OrderedDict):
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-
-    def get_item(self, key):
-        val = super().get(key)
-        if val is not None:
-            self.move_to_end(key)
-        return val
-
-    def get_many(self, keys: Iterable) -> tuple[dict, list]:
-        """(the cached values by key, the keys not cached, in order)."""
-        found: dict = {}
-        missing: list = []
-        for key in keys:
-            val = self.get_item(key)
-            if val is None:
-                missing.append(key)
-            else:
-                found[key] = val
-        return found, missing
-
-    def put(self, key, value) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
-
-
 class StateHandler:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
-        self._events: LRU = LRU(hs.config.caches.events)
+        self._events = EventCache(hs.config.caches.events)
         self._current: LRU = LRU(5_000)  # room_id -> dict[StateKey, event_id]
         self._groups: LRU = LRU(2_000)  # state_group -> dict[StateKey, event_id]
         self._versions: dict[str, RoomVersion] = {}
@@ -69,8 +40,8 @@ class StateHandler:
         out, missing = self._events.get_many(event_ids)
         if missing:
             fetched = await event_store.get_events(missing)
-            for eid, row in fetched.items():
-                self._events.put(eid, row)
+            for row in fetched.values():
+                self._events.put(row)
             out.update(fetched)
         return out
 
@@ -78,10 +49,10 @@ class StateHandler:
         return (await self.get_events([event_id])).get(event_id)
 
     def cache_event(self, row: EventRow) -> None:
-        self._events.put(row.event_id, row)
+        self._events.put(row)
 
     def invalidate_event(self, event_id: str) -> None:
-        self._events.pop(event_id, None)
+        self._events.pop(event_id)
 
     # --- rooms -----------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from homeserver.storage.transactions import in_transaction
 
 from homeserver.errors import MatrixError, bad_json, invalid_param
 from homeserver.handlers.auth import Requester
-from homeserver.handlers.state import LRU
+from homeserver.handlers.lru import LRU
 from homeserver.storage import e2e as store
 from homeserver.types import is_valid_user_id, server_of
 

@@ -34,7 +34,7 @@ from homeserver.handlers.appservice.sender import AppServiceSender
 from homeserver.handlers.appservice.thirdparty import ThirdParty
 from homeserver.handlers.auth import Requester, hash_token
 from homeserver.handlers.http_client import LazySession
-from homeserver.handlers.state import LRU
+from homeserver.handlers.lru import LRU
 from homeserver.handlers.usernames import validate_localpart
 from homeserver.storage import accounts as account_store
 from homeserver.storage import appservice as store

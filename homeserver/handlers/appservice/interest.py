@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any, Iterable
 
 from homeserver.handlers.appservice.registration import AppService
-from homeserver.handlers.state import LRU
+from homeserver.handlers.lru import LRU
 from homeserver.storage import appservice as store
 from homeserver.storage import userdata
 from homeserver.types import server_of
