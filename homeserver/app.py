@@ -16,7 +16,10 @@ from homeserver.server import HomeServer
 
 log = logging.getLogger(__name__)
 
-CLIENT_PREFIXES = ("/_matrix/client/v3", "/_matrix/client/r0")
+CLIENT_PREFIX = "/_matrix/client/v3"
+# r0 is v3's older name: the same endpoints, reached by rewriting the path in front of the
+# router (registering every route twice cost a megabyte of routing tables and route code).
+LEGACY_CLIENT_PREFIX = "/_matrix/client/r0/"
 # Uploads have their own (larger) limit, enforced while streaming.
 MEDIA_PREFIXES = ("/_matrix/media/", "/_matrix/client/v1/media/")
 
@@ -53,9 +56,8 @@ def create_app(config: Config, hs: HomeServer | None = None) -> Quart:
     app.register_blueprint(keys_api.bp)
     for bp in federation_api.blueprints():
         app.register_blueprint(bp)
-    for i, prefix in enumerate(CLIENT_PREFIXES):
-        for bp in [*client_api.blueprints(), thirdparty_api.bp]:
-            app.register_blueprint(bp, url_prefix=prefix, name=f"{bp.name}_{i}")
+    for bp in [*client_api.blueprints(), thirdparty_api.bp]:
+        app.register_blueprint(bp, url_prefix=CLIENT_PREFIX, name=f"{bp.name}_v3")
     for bp in client_api.v1_blueprints():
         app.register_blueprint(bp, url_prefix="/_matrix/client/v1")
     for bp in client_api.unstable_blueprints():
@@ -127,6 +129,8 @@ def create_app(config: Config, hs: HomeServer | None = None) -> Quart:
     inner = hs.realtime.mount(app.asgi_app)
 
     async def asgi(scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith(LEGACY_CLIENT_PREFIX):
+            scope = _legacy_client_path(scope)
         token = hs.db.activate()
         try:
             await inner(scope, receive, send)
@@ -136,3 +140,13 @@ def create_app(config: Config, hs: HomeServer | None = None) -> Quart:
     app.asgi_app = asgi  # type: ignore[method-assign]
     app.hs = hs  # type: ignore[attr-defined]
     return app
+
+
+def _legacy_client_path(scope: dict) -> dict:
+    """The same request with /_matrix/client/r0/… read as /_matrix/client/v3/…."""
+    rest = scope["path"][len(LEGACY_CLIENT_PREFIX) - 1:]
+    scope = dict(scope, path=CLIENT_PREFIX + rest)
+    raw = scope.get("raw_path")
+    if raw is not None:
+        scope["raw_path"] = CLIENT_PREFIX.encode() + raw[len(LEGACY_CLIENT_PREFIX) - 1:]
+    return scope

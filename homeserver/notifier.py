@@ -81,8 +81,13 @@ class InProcessNotifier:
 
 async def wait_for(listener: Listener, timeout_s: float) -> bool:
     """True if woken before the timeout."""
-    try:
-        await asyncio.wait_for(listener.event.wait(), timeout_s)
+    if listener.event.is_set():
         return True
-    except asyncio.TimeoutError:
+    # asyncio.timeout, not wait_for: wait_for wraps the wait in a task of its own, and every
+    # /sync long-poll passes here.
+    try:
+        async with asyncio.timeout(timeout_s):
+            await listener.event.wait()
+        return True
+    except TimeoutError:
         return False

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 
-from quart.asgi import ASGIHTTPConnection
+from quart.asgi import ASGIHTTPConnection, _handle_exception
+from quart.wrappers import Response
 from quart.utils import cancel_tasks, raise_task_exceptions
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -44,3 +45,20 @@ class WritesOutliveClientConnection(ASGIHTTPConnection):
             # Also on our own cancellation (server shutdown): nothing is left running.
             await cancel_tasks({t for t in tasks if not t.done()})
         raise_task_exceptions({t for t in tasks if not t.cancelled()})
+
+    async def handle_request(self, request, send) -> None:
+        # As Quart's, but the response timeout is asyncio.timeout instead of wait_for, which
+        # wraps every response's sending in a task of its own.
+        try:
+            response = await self.app.handle_request(request)
+        except Exception as error:
+            response = await _handle_exception(self.app, error)
+        if isinstance(response, Response) and response.timeout != Ellipsis:
+            timeout = response.timeout
+        else:
+            timeout = self.app.config["RESPONSE_TIMEOUT"]
+        try:
+            async with asyncio.timeout(timeout):
+                await self._send_response(send, response)
+        except TimeoutError:
+            pass

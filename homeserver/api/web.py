@@ -17,6 +17,7 @@ already compressed or streamed).
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import hashlib
 import html
@@ -251,6 +252,7 @@ async def _assets() -> Assets:
     return assets
 
 
+@functools.lru_cache(maxsize=32)  # clients send the same few headers over and over
 def accepts_gzip(header: str | None) -> bool:
     """True when Accept-Encoding allows gzip (or '*'), honouring q=0."""
     if not header:
@@ -321,15 +323,16 @@ async def favicon():
 
 async def compress_response(response: Response) -> Response:
     """gzip large compressible responses when the client accepts it."""
+    body = response.response
+    # Most API answers are small (a send's event ID): the cheapest test goes first.
+    if not isinstance(body, DataBody) or len(body.data) < MIN_COMPRESS_BYTES:
+        return response
     if (response.status_code < 200 or response.status_code in (204, 206, 304)
             or request.method == "HEAD" or "Content-Encoding" in response.headers
             or request.path.startswith(SKIP_PREFIXES)
-            or not isinstance(response.response, DataBody)
             or not _compressible(response.content_type or "")):
         return response
     data = await response.get_data()
-    if len(data) < MIN_COMPRESS_BYTES:
-        return response
     vary = response.headers.get("Vary")
     if not vary:
         response.headers["Vary"] = "Accept-Encoding"

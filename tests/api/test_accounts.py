@@ -211,3 +211,27 @@ async def test_policy_can_be_configured(backend, tmp_path):
             assert (await api.request("GET", "/password_policy")).json == {}
     finally:
         await srv.destroy()
+
+
+async def test_legacy_r0_prefix_reaches_the_same_endpoints(api):
+    """/_matrix/client/r0/… is v3 under its old name (older clients and bots still use it):
+    reads, writes with a body, percent-encoded path parts and unknown endpoints."""
+    alice = await api.register()
+    r0 = "/_matrix/client/r0"
+    who = await api.request("GET", "/account/whoami", token=alice.token, prefix=r0)
+    assert (who.status, who.json["user_id"]) == (200, alice.user_id)
+    room_id = await alice.create_room(room_alias_name="legacy")
+    sent = await api.request("PUT", f"/rooms/{room_id}/send/m.room.message/t1",
+                             {"msgtype": "m.text", "body": "over r0"}, token=alice.token,
+                             prefix=r0)
+    assert sent.status == 200
+    alias = f"#legacy:{api.server.server_name}"
+    found = await api.request("GET", f"/directory/room/{alias}", prefix=r0)
+    assert (found.status, found.json["room_id"]) == (200, room_id)
+    ev = await alice.get(f"/rooms/{room_id}/event/{sent.json['event_id']}")
+    assert ev.json["content"]["body"] == "over r0"
+    missing = await api.request("GET", "/no/such/endpoint", prefix=r0)
+    assert (missing.status, missing.json["errcode"]) == (404, "M_UNRECOGNIZED")
+    # Only the prefix is rewritten: r0 elsewhere in a path stays as it is.
+    not_r0 = await api.request("GET", "/_matrix/client/r0", prefix="")
+    assert not_r0.status == 404
