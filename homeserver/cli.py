@@ -158,7 +158,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
 
     async def main() -> None:
-        db = Database(cfg.database_url, cfg.database.sqlite_synchronous)
+        db = Database(cfg.database_url, cfg.database.sqlite_synchronous,
+                      sqlite_cache_kib=cfg.database.sqlite_cache_kib)
         await db.open()
         await db.close()
 
@@ -310,7 +311,8 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
         from homeserver.storage.media import MediaStore
         from homeserver.storage.rekey import checkpoint_sqlite, reseal_everything
 
-        db = Database(cfg.database_url, cfg.database.sqlite_synchronous, at_rest=live)
+        db = Database(cfg.database_url, cfg.database.sqlite_synchronous, at_rest=live,
+                      sqlite_cache_kib=cfg.database.sqlite_cache_kib)
         await db.open()
         token = db.activate()
         try:
@@ -372,7 +374,8 @@ def cmd_reindex_search(args: argparse.Namespace) -> int:
         from homeserver.storage.database import Database
         from homeserver.storage.search import reindex
 
-        db = Database(cfg.database_url, cfg.database.sqlite_synchronous, at_rest=live)
+        db = Database(cfg.database_url, cfg.database.sqlite_synchronous, at_rest=live,
+                      sqlite_cache_kib=cfg.database.sqlite_cache_kib)
         await db.open()
         token = db.activate()
         try:

@@ -45,6 +45,8 @@ class DatabaseConfig(_Section):
     url: str | None = None
     # FULL makes every acknowledged write durable across power loss, not just process crashes.
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "FULL"
+    # SQLite's own page cache; pages beyond it come from the operating system's file cache.
+    sqlite_cache_kib: int = Field(1024, ge=64, le=4_194_304)
 
     @field_validator("url")
     @classmethod
@@ -88,7 +90,7 @@ class LimitsConfig(_Section):
     messages: RateLimit = RateLimit(per_second=50, burst=500)
     # Under load each device gets at most one /sync response per this many milliseconds,
     # so busy servers send fewer, fuller responses (no wait below 100 responses/s).
-    sync_coalesce_ms: int = Field(60, ge=0, le=1000)
+    sync_coalesce_ms: int = Field(100, ge=0, le=1000)
 
 
 class SecurityConfig(_Section):

@@ -63,7 +63,8 @@ class HomeServer:
 
         self.config = config
         self.server_name = config.server_name
-        self.db = Database(config.database_url, config.database.sqlite_synchronous)
+        self.db = Database(config.database_url, config.database.sqlite_synchronous,
+                           sqlite_cache_kib=config.database.sqlite_cache_kib)
         if notifier is None and config.notifier.backend == "redis":
             from homeserver.notifier_redis import RedisNotifier
 

@@ -16,7 +16,7 @@ import orjson
 from homeserver.handlers.lru import LRU
 from homeserver.storage.events import EventRow
 
-HOT_SHARE = 8  # one event in eight stays decoded
+HOT_SHARE = 16  # one event in sixteen stays decoded
 MIN_HOT = 256
 
 

@@ -31,7 +31,8 @@ MODEL_MODULES = [
 MIGRATIONS_PACKAGE = "homeserver.storage.migrations"
 
 
-def tortoise_config(url: str, sqlite_synchronous: str = "FULL") -> dict[str, Any]:
+def tortoise_config(url: str, sqlite_synchronous: str = "FULL",
+                    sqlite_cache_kib: int = 1024) -> dict[str, Any]:
     if url.startswith("sqlite://"):
         credentials: dict[str, Any] = {
             "file_path": url[len("sqlite://"):],
@@ -41,6 +42,7 @@ def tortoise_config(url: str, sqlite_synchronous: str = "FULL") -> dict[str, Any
             # Deleted and overwritten rows are zeroed, not left in free pages: a value
             # re-sealed by `nexa rotate-key` leaves no plaintext behind in the file.
             "secure_delete": "ON",
+            "cache_size": -sqlite_cache_kib,  # negative: KiB, not pages
         }
         connection: Any = {"engine": "tortoise.backends.sqlite", "credentials": credentials}
     else:
@@ -64,10 +66,11 @@ class _Context(TortoiseContext):
 
 
 class Database:
-    def __init__(self, url: str, sqlite_synchronous: str = "FULL", at_rest: Any = None) -> None:
+    def __init__(self, url: str, sqlite_synchronous: str = "FULL", at_rest: Any = None,
+                 sqlite_cache_kib: int = 1024) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite://")
-        self.config = tortoise_config(url, sqlite_synchronous)
+        self.config = tortoise_config(url, sqlite_synchronous, sqlite_cache_kib)
         self.ctx = _Context()
         self.ctx.at_rest = at_rest
 

@@ -67,3 +67,49 @@ async def test_a_batch_of_writes_is_all_or_nothing(backend, tmp_path):
             raise AssertionError("the failing statement did not raise IntegrityError")
         rows = await sql.fetch("SELECT event_id FROM forward_extremities ORDER BY event_id")
         assert [r["event_id"] for r in rows] == ["$a", "$c"]
+
+
+async def test_write_transaction_commits_alone_or_joins_the_callers(backend, tmp_path):
+    """sql.write_transaction: its own transaction (on SQLite one trip to the database thread),
+    all or nothing; inside a caller's transaction it is part of that one. Other queries still
+    work afterwards (the connection's lock was given back, also after a failure)."""
+    import pytest
+    from tortoise.exceptions import IntegrityError
+
+    from homeserver.storage import sql
+
+    insert = "INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?)"
+
+    async def stored() -> list[str]:
+        rows = await sql.fetch("SELECT event_id FROM forward_extremities ORDER BY event_id")
+        return [r["event_id"] for r in rows]
+
+    async with open_database(backend, tmp_path):
+        await sql.write_transaction([(insert, ["!r:hs", "$a"]),
+                                     sql.many(insert, [("!r:hs", "$b")])])
+        assert await stored() == ["$a", "$b"]
+        with pytest.raises(IntegrityError):
+            await sql.write_transaction([(insert, ["!r:hs", "$c"]), (insert, ["!r:hs", None])])
+        assert await stored() == ["$a", "$b"]
+        with contextlib.suppress(RuntimeError):
+            async with in_transaction():
+                await sql.write_transaction([(insert, ["!r:hs", "$d"])])
+                raise RuntimeError("the caller's transaction fails after it")
+        assert await stored() == ["$a", "$b"]  # rolled back with the caller's transaction
+        async with asyncio.timeout(10):
+            async with in_transaction() as conn:
+                await conn.execute_query("SELECT 1")
+
+
+async def test_sqlite_page_cache_follows_the_config(tmp_path):
+    from homeserver.storage.database import Database
+
+    db = Database(f"sqlite://{tmp_path / 'nexa.db'}", sqlite_cache_kib=2048)
+    await db.open()
+    token = db.activate()
+    try:
+        rows = await db.conn().execute_query_dict("PRAGMA cache_size")
+        assert rows[0]["cache_size"] == -2048
+    finally:
+        db.deactivate(token)
+        await db.close()

@@ -84,6 +84,8 @@ def test_relative_paths_are_relative_to_the_config_file_not_the_cwd(tmp_path, mo
      "must start with sqlite://, postgres:// or postgresql://"),
     ("database:\n  sqlite_synchronous: SOMETIMES\n", "database.sqlite_synchronous",
      "'OFF', 'NORMAL', 'FULL' or 'EXTRA'"),
+    ("database:\n  sqlite_cache_kib: 8\n", "database.sqlite_cache_kib",
+     "greater than or equal to 64"),
     ("registration:\n  mode: maybe\n", "registration.mode", "'open', 'token' or 'closed'"),
     ("security:\n  bcrypt_rounds: 2\n", "security.bcrypt_rounds", "greater than or equal to 4"),
     ("federation:\n  enabled: sometimes\n", "federation.enabled", "valid boolean"),
