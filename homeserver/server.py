@@ -64,7 +64,8 @@ class HomeServer:
         self.config = config
         self.server_name = config.server_name
         self.db = Database(config.database_url, config.database.sqlite_synchronous,
-                           sqlite_cache_kib=config.database.sqlite_cache_kib)
+                           sqlite_cache_kib=config.database.sqlite_cache_kib,
+                           wal_checkpoints=True)
         if notifier is None and config.notifier.backend == "redis":
             from homeserver.notifier_redis import RedisNotifier
 

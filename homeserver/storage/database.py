@@ -14,6 +14,8 @@ from typing import Any
 from tortoise.context import TortoiseContext, _current_context
 from tortoise.migrations.executor import MigrationExecutor
 
+from homeserver.storage.checkpoint import WalCheckpointer
+
 log = logging.getLogger(__name__)
 
 MODEL_MODULES = [
@@ -32,7 +34,8 @@ MIGRATIONS_PACKAGE = "homeserver.storage.migrations"
 
 
 def tortoise_config(url: str, sqlite_synchronous: str = "FULL",
-                    sqlite_cache_kib: int = 1024) -> dict[str, Any]:
+                    sqlite_cache_kib: int = 1024, wal_checkpoints: bool = False
+                    ) -> dict[str, Any]:
     if url.startswith("sqlite://"):
         credentials: dict[str, Any] = {
             "file_path": url[len("sqlite://"):],
@@ -44,6 +47,8 @@ def tortoise_config(url: str, sqlite_synchronous: str = "FULL",
             "secure_delete": "ON",
             "cache_size": -sqlite_cache_kib,  # negative: KiB, not pages
         }
+        if wal_checkpoints:  # a WalCheckpointer does it beside the writes (checkpoint.py)
+            credentials["wal_autocheckpoint"] = 0
         connection: Any = {"engine": "tortoise.backends.sqlite", "credentials": credentials}
     else:
         connection = url.replace("postgresql://", "postgres://", 1)
@@ -67,10 +72,15 @@ class _Context(TortoiseContext):
 
 class Database:
     def __init__(self, url: str, sqlite_synchronous: str = "FULL", at_rest: Any = None,
-                 sqlite_cache_kib: int = 1024) -> None:
+                 sqlite_cache_kib: int = 1024, wal_checkpoints: bool = False) -> None:
+        """`wal_checkpoints`: checkpoint SQLite's log in the background (the server does;
+        one-off commands leave it to SQLite)."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite://")
-        self.config = tortoise_config(url, sqlite_synchronous, sqlite_cache_kib)
+        self.config = tortoise_config(url, sqlite_synchronous, sqlite_cache_kib,
+                                      wal_checkpoints and self.is_sqlite)
+        self.checkpointer = (WalCheckpointer(url[len("sqlite://"):])
+                             if wal_checkpoints and self.is_sqlite else None)
         self.ctx = _Context()
         self.ctx.at_rest = at_rest
 
@@ -97,6 +107,8 @@ class Database:
             await self.migrate()
         finally:
             self.deactivate(token)
+        if self.checkpointer is not None:
+            self.checkpointer.start()
 
     async def migrate(self) -> None:
         """Apply every migration not yet applied; upgrading keeps all data."""
@@ -104,6 +116,8 @@ class Database:
         await executor.migrate()
 
     async def close(self) -> None:
+        if self.checkpointer is not None:
+            await self.checkpointer.stop()
         token = self.activate()
         try:
             await self.ctx.close_connections()
