@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 DEFAULT_TIMELINE_LIMIT = 10
 MAX_TIMEOUT_MS = 300_000
 MAX_PACED_DEVICES = 50_000
+# /sync responses per second at which coalescing starts, and over how many more it reaches the
+# configured window
+COALESCE_FROM = 50
+COALESCE_RAMP = 200
 
 
 class DecayingRate:
@@ -78,11 +82,11 @@ class SyncHandler:
     def coalesce_delay(self) -> float:
         """The coalescing window: under load a device gets at most one incremental response
         per window, holding everything that landed meanwhile. What costs is responses, so
-        the window follows how many the server gives: none below 100 a second, rising
-        linearly to the configured maximum at 500 a second."""
+        the window follows how many the server gives: none below 50 a second, rising
+        linearly to the configured maximum at 250 a second."""
         self._wake_rate.hit()
         rate = self._wake_rate.per_second()
-        return self.coalesce_max_s * min(1.0, max(0.0, (rate - 100) / 400))
+        return self.coalesce_max_s * min(1.0, max(0.0, (rate - COALESCE_FROM) / COALESCE_RAMP))
 
     def _pace(self, device_key: str) -> float:
         """Seconds this device's next response should wait, and note that it is answered.
