@@ -89,7 +89,7 @@ class LimitsConfig(_Section):
     registration: RateLimit = RateLimit(per_second=0.2, burst=10)
     messages: RateLimit = RateLimit(per_second=50, burst=500)
     # Under load each device gets at most one /sync response per this many milliseconds,
-    # so busy servers send fewer, fuller responses (no wait below 100 responses/s).
+    # so busy servers send fewer, fuller responses (no wait below 50 responses/s).
     sync_coalesce_ms: int = Field(100, ge=0, le=1000)
 
 
