@@ -29,6 +29,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def reserve_port(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A bound (not yet listening) socket: the port stays ours while the server starts.
+
+    hypercorn binds its listener only after the app's start-up; with a port merely probed
+    free, another test's server could take it meanwhile, and the start-up check would then
+    be answered by that other server (seen in CI as a 401 from a server without the test's
+    application service)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
 async def postgres_available() -> str | None:
     """None when reachable, else the reason."""
     try:
@@ -125,6 +138,7 @@ class RunningServer:
     _shutdown: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task | None = None
     _pg_db: str | None = None
+    _sock: socket.socket | None = None  # the reserved port, until hypercorn takes it
 
     @property
     def hs(self):
@@ -146,7 +160,9 @@ class RunningServer:
         self.app = create_app(cfg)
         self._shutdown = asyncio.Event()
         hc = HyperConfig()
-        hc.bind = [f"{self.host}:{self.port}"]
+        sock, self._sock = self._sock or reserve_port(self.host, self.port), None
+        # hypercorn's own socket object owns the descriptor from here on (and closes it).
+        hc.bind = [f"fd://{sock.detach()}"]
         hc.accesslog = None
         hc.errorlog = None
         hc.graceful_timeout = 1
@@ -178,7 +194,8 @@ async def wait_ready(base_url: str, task: asyncio.Task) -> None:
 async def start_server(tmp_dir: Path, backend: str = "sqlite", host: str = "127.0.0.1",
                        **config: Any) -> RunningServer:
     """A server named localhost:<port>, or <host>:<port> on another loopback address."""
-    port = free_port()
+    sock = reserve_port(host)
+    port = sock.getsockname()[1]
     server_name = f"localhost:{port}" if host == "127.0.0.1" else f"{host}:{port}"
     data_dir = tmp_dir / f"hs-{port}"
     data: dict[str, Any] = {
@@ -207,6 +224,6 @@ async def start_server(tmp_dir: Path, backend: str = "sqlite", host: str = "127.
     srv = RunningServer(base_url=f"http://{host}:{port}", server_name=server_name, port=port,
                         host=host,
                         data_dir=data_dir, app=None, backend=backend, config_data=data,
-                        _pg_db=pg_db)
+                        _pg_db=pg_db, _sock=sock)
     await srv.start()
     return srv
