@@ -72,6 +72,8 @@ class WalCheckpointer:
             # Autocommit (isolation_level=None): the PRAGMA runs outside any transaction.
             self._conn = sqlite3.connect(self.path, isolation_level=None,
                                          check_same_thread=False, timeout=10)
+            # It reads nothing through its page cache: keep that small.
+            self._conn.execute("PRAGMA cache_size=-64")
         mode = "RESTART" if self._wal_size() > self.restart_bytes else "PASSIVE"
         busy, frames, done = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         self.checkpoints += 1
