@@ -30,10 +30,6 @@ MAX_PACED_DEVICES = 50_000
 # configured window
 COALESCE_FROM = 50
 COALESCE_RAMP = 200
-# Share of the event loop's thread spent on the CPU at which coalescing starts, and where it
-# reaches the configured window
-BUSY_FROM = 0.5
-BUSY_RAMP = 0.4
 
 
 class DecayingRate:
@@ -55,26 +51,6 @@ class DecayingRate:
     def per_second(self) -> float:
         self._decay(time.monotonic())
         return self._value * math.log(2) / self.half_life_s
-
-
-class LoopLoad:
-    """How busy the event loop's thread is: its CPU time over wall time, smoothed, sampled at
-    most every `every_s` (call it from that thread)."""
-
-    def __init__(self, every_s: float = 0.1, cpu=time.thread_time, wall=time.monotonic) -> None:
-        self.every_s = every_s
-        self._cpu, self._wall = cpu, wall
-        self._t, self._c = wall(), cpu()
-        self._busy = 0.0
-
-    def busy(self) -> float:
-        now = self._wall()
-        if now - self._t >= self.every_s:
-            cpu = self._cpu()
-            share = min(1.0, (cpu - self._c) / (now - self._t))
-            self._busy = (self._busy + share) / 2
-            self._t, self._c = now, cpu
-        return self._busy
 
 
 def fget(flt: dict | None, *path: str, default: Any = None) -> Any:
@@ -100,22 +76,17 @@ class SyncHandler:
         self.hs = hs
         self.coalesce_max_s = hs.config.limits.sync_coalesce_ms / 1000
         self._wake_rate = DecayingRate(half_life_s=1.0)
-        self._load = LoopLoad()
         # device (its token hash) -> when its last incremental response was computed
         self._answered: OrderedDict[str, float] = OrderedDict()
 
     def coalesce_delay(self) -> float:
         """The coalescing window: under load a device gets at most one incremental response
         per window, holding everything that landed meanwhile. What costs is responses, so
-        the window follows how many the server gives (none below 50 a second, rising
-        linearly to the configured maximum at 250 a second) or how busy its event loop is
-        (none below half its time, the maximum from 90%), whichever asks for more: a slower
-        machine gives fewer responses a second for the same load, and needs more coalescing,
-        not less."""
+        the window follows how many the server gives: none below 50 a second, rising
+        linearly to the configured maximum at 250 a second."""
         self._wake_rate.hit()
-        by_rate = (self._wake_rate.per_second() - COALESCE_FROM) / COALESCE_RAMP
-        by_load = (self._load.busy() - BUSY_FROM) / BUSY_RAMP
-        return self.coalesce_max_s * min(1.0, max(0.0, by_rate, by_load))
+        rate = self._wake_rate.per_second()
+        return self.coalesce_max_s * min(1.0, max(0.0, (rate - COALESCE_FROM) / COALESCE_RAMP))
 
     def _pace(self, device_key: str) -> float:
         """Seconds this device's next response should wait, and note that it is answered.
