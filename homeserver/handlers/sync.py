@@ -62,6 +62,13 @@ def fget(flt: dict | None, *path: str, default: Any = None) -> Any:
     return node
 
 
+def timeline_limit(flt: dict | None) -> int:
+    limit = fget(flt, "room", "timeline", "limit", default=DEFAULT_TIMELINE_LIMIT)
+    if not isinstance(limit, int) or limit < 0:
+        limit = DEFAULT_TIMELINE_LIMIT
+    return min(limit, 500)
+
+
 def _type_allowed(etype: str, types: list[str] | None, not_types: list[str] | None) -> bool:
     def match(pattern: str) -> bool:
         return pattern == etype or (pattern.endswith("*") and etype.startswith(pattern[:-1]))
@@ -135,10 +142,12 @@ class SyncHandler:
                         await self._key_counts(empty, requester)
                         return empty
                     continue
-                if since_tok is not None and not full_state:
+                if (since_tok is not None and not full_state
+                        and now.events - since_tok.events < timeline_limit(flt)):
                     # Under load many events land within milliseconds: a device gets them in
                     # one response per coalescing window instead of one response each (no
-                    # delay when the server is quiet).
+                    # delay when the server is quiet). Not when waiting could overflow the
+                    # client's timeline limit: a gap costs it more than the response saved.
                     pause = self._pace(requester.token_hash)
                     if pause > 0:
                         await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
@@ -262,10 +271,7 @@ class SyncHandler:
 
     async def _timeline(self, requester: Requester, room_id: str, since: StreamToken | None,
                         upto: int, flt: dict | None) -> tuple[list[EventRow], bool]:
-        limit = fget(flt, "room", "timeline", "limit", default=DEFAULT_TIMELINE_LIMIT)
-        if not isinstance(limit, int) or limit < 0:
-            limit = DEFAULT_TIMELINE_LIMIT
-        limit = min(limit, 500)
+        limit = timeline_limit(flt)
         if since is not None:
             rows = await self._timeline_from_tail(room_id, since.events, upto, limit, flt)
             if rows is not None:
