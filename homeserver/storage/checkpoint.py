@@ -35,6 +35,7 @@ class WalCheckpointer:
         self._task: asyncio.Task | None = None
         self._lock = threading.Lock()  # a checkpoint still running when stop() closes
         self.checkpoints = 0  # completed, for tests and diagnosis
+        self.checkpointed = asyncio.Event()  # set after each of the task's checkpoints
 
     def start(self) -> None:
         if self._task is None:
@@ -61,6 +62,8 @@ class WalCheckpointer:
                 await asyncio.to_thread(self.checkpoint)
             except sqlite3.Error as e:  # busy or locked: the next round tries again
                 log.debug("WAL checkpoint skipped: %s", e)
+            else:
+                self.checkpointed.set()
 
     def checkpoint(self) -> tuple[int, int, int]:
         """One checkpoint (in a worker thread): (busy, log frames, frames checkpointed)."""

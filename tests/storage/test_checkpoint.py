@@ -35,9 +35,10 @@ async def test_server_database_checkpoints_in_the_background(tmp_path):
         cp.interval_s = 0.01
         await cp.stop()
         cp.start()
-        async with asyncio.timeout(10):
-            while cp.checkpoints < 3:
-                await asyncio.sleep(0.01)
+        for _ in range(3):
+            cp.checkpointed.clear()
+            async with asyncio.timeout(10):
+                await cp.checkpointed.wait()
         # A log grown past the limit is started over: the next write begins at its start.
         cp.restart_bytes = 0
         await asyncio.to_thread(cp.checkpoint)
