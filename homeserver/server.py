@@ -183,6 +183,7 @@ class HomeServer:
         await self.appservices.stop()
         await self.pushers.stop()
         await self.federation_client.close()
+        await self.events.writer.close()  # what was queued commits before the database closes
         notifier_stop = getattr(self.notifier, "stop", None)
         if notifier_stop is not None:
             await notifier_stop()

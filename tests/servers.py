@@ -125,6 +125,15 @@ async def open_database(backend: str, tmp_path: Path, at_rest: Any = None):
             await drop_pg_database(name)
 
 
+async def in_db(srv: "RunningServer", fn, *args):
+    """Run a storage function against a running test server's database, from the test."""
+    token = srv.hs.db.activate()
+    try:
+        return await fn(*args)
+    finally:
+        srv.hs.db.deactivate(token)
+
+
 @dataclass
 class RunningServer:
     base_url: str

@@ -1,7 +1,9 @@
 """The event pipeline: build a PDU, authorise it, hash, sign, persist, then fan out.
 
-Event creation is serialised per room (prev_events and current state never race) and
-persistence is serialised per process (stream orderings become visible in increasing order).
+Event creation is serialised per room (prev_events and current state never race). Writes go
+through one queue (handlers/event_writer.py), committed in the order of their stream positions,
+several to a transaction when several wait. A message gives the room lock up once queued, so the
+room's next event is built while it commits.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from homeserver.storage import events as event_store
 from homeserver.storage import state as state_store
 from homeserver.storage.events import EventRow, PersistBatch
 from homeserver.handlers.appservice import MASSAGED_TS
+from homeserver.handlers.event_writer import EventWriter, StaleWrite, Write
 from homeserver.handlers.lru import LRU
 from homeserver.handlers.state import StateKey
 from homeserver.types import now_ms, server_of
@@ -36,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_PREV_EVENTS = 10
+# Times a local event is built again when what it was built on failed to be stored.
+MAX_REBUILDS = 5
 RECENT_TXNS = 10_000
 
 PersistedCallback = Callable[[EventRow], Awaitable[None] | None]
@@ -77,13 +82,20 @@ class EventHandler:
         self.hs = hs
         self._room_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._persist_lock = asyncio.Lock()
+        self.writer = EventWriter(hs, self._persist_lock)
+        # room_id -> epoch: bumped when a queued write of the room fails, so that the writes
+        # built on it since (an older epoch) are refused and built again.
+        self._room_epochs: defaultdict[str, int] = defaultdict(int)
         # room_id -> (a state group equal to the current state, its chain length)
         self._room_groups: dict[str, tuple[int | None, int]] = {}
         self._chains: dict[int, int] = {}
-        # room_id -> its forward extremities, as committed (only persist_event changes them);
-        # a load that raced a commit is not kept (the generation moved on).
+        # room_id -> its forward extremities, with the queued writes (only _queue_event and
+        # _room_failed change them); a load that raced a change is not kept (the generation
+        # moved on).
         self._extremities: dict[str, list[str]] = {}
         self._extremities_gen: defaultdict[str, int] = defaultdict(int)
+        # room_id -> the last write queued that moves its extremities, until it is done.
+        self._last_write: dict[str, Write] = {}
         # (user, device, txn_id) -> [lock, waiters]: one request per transaction ID at a time,
         # so its duplicate check can run before the room lock, not while holding it.
         self._txn_locks: dict[tuple[str, str, str], list] = {}
@@ -102,7 +114,7 @@ class EventHandler:
 
     @property
     def persist_lock(self) -> asyncio.Lock:
-        """Held while an event is written and the caches follow it."""
+        """Held while a batch of writes commits and the caches follow it."""
         return self._persist_lock
 
     @runs_to_completion
@@ -145,10 +157,9 @@ class EventHandler:
                 if row is not None:
                     return row
             try:
-                async with self.room_lock(room_id):
-                    return await self._create_locked(room_id, version, sender, etype, content,
-                                                     state_key, txn, redacts,
-                                                     origin_server_ts, check, countersign)
+                return await self._create_and_persist(
+                    room_id, version, sender, etype, content, state_key, txn, redacts,
+                    origin_server_ts, check, countersign)
             except IntegrityError:
                 # A transaction ID used before, longer ago than the memory above: the unique
                 # key of event_txns refused it and the write rolled back. No read per send
@@ -177,9 +188,29 @@ class EventHandler:
             if not entry[1]:
                 del self._txn_locks[key]
 
+    async def _create_and_persist(self, room_id, version, sender, etype, content, state_key,
+                                  *args) -> EventRow:
+        """Build under the room lock, then wait for the commit. A message (no state change,
+        no redaction) gives the lock up once it is queued: the room's next event is built on
+        it while it commits. Other events keep the lock until their commit, so the room's
+        state as readers see it is the state the next event is authorised against."""
+        pipelined = state_key is None and etype != "m.room.redaction"
+        for _ in range(MAX_REBUILDS):
+            try:
+                async with self.room_lock(room_id):
+                    queued = await self._create_locked(room_id, version, sender, etype,
+                                                       content, state_key, *args)
+                    if not pipelined:
+                        return await queued.persisted()
+                return await queued.persisted()
+            except StaleWrite:  # built on a queued event whose write failed: build it again
+                continue
+        raise MatrixError(503, "M_UNKNOWN", "The event could not be stored; try again")
+
     async def _create_locked(self, room_id, version, sender, etype, content, state_key, txn,
-                             redacts, origin_server_ts, check, countersign) -> EventRow:
-        """send_event's part under the room lock."""
+                             redacts, origin_server_ts, check, countersign) -> QueuedEvent:
+        """send_event's part under the room lock: the event, built, authorised and queued."""
+        epoch = self._room_epochs[room_id]
         current = await self.hs.state.current_state_ids(room_id)
         pdu = await self._build(room_id, version, sender, etype, content, state_key,
                                 redacts, origin_server_ts)
@@ -191,21 +222,32 @@ class EventHandler:
         except AuthError as e:
             raise forbidden(e.reason) from None
         pdu["auth_events"] = sorted(r.event_id for r in auth_map.values())
-        return await self._finish_and_persist(pdu, version, current, sender, txn, countersign)
+        return await self._finish_and_queue(pdu, version, current, sender, txn, countersign,
+                                            epoch)
 
     async def extremities(self, room_id: str) -> list[str]:
-        """The room's forward extremities (the events a new event follows)."""
-        cached = self._extremities.get(room_id)
-        if cached is None:
+        """The room's forward extremities (the events a new event follows), queued writes
+        included."""
+        while True:
+            cached = self._extremities.get(room_id)
+            if cached is not None:
+                return list(cached)
+            last = self._last_write.get(room_id)
+            if last is not None and not last.done.done():
+                # The database does not show the room's queued writes yet: once the last one
+                # is done (the writer keeps their order), it shows them all.
+                await asyncio.wait([last.done])
+                continue
             gen = self._extremities_gen[room_id]
-            cached = await event_store.get_extremities(room_id)
-            if self._extremities_gen[room_id] == gen:
-                self._extremities[room_id] = cached
-        return list(cached)
+            loaded = await event_store.get_extremities(room_id)
+            if self._extremities_gen[room_id] == gen:  # else a write was queued meanwhile
+                self._extremities[room_id] = loaded
+                return list(loaded)
 
-    def _extremities_committed(self, room_id: str, prev_event_ids: list[str],
-                               event_id: str) -> None:
-        """What persist wrote (the prev events replaced by the event), applied to the cache."""
+    def _extremities_queued(self, room_id: str, prev_event_ids: list[str],
+                            event_id: str) -> None:
+        """What the event's write does (the prev events replaced by the event), applied to the
+        cache when it is queued: the room's next event follows it."""
         self._extremities_gen[room_id] += 1
         cached = self._extremities.get(room_id)
         if cached is not None:
@@ -242,11 +284,12 @@ class EventHandler:
     async def create_room_event(self, room_id: str, version: RoomVersion, pdu: dict) -> EventRow:
         """The m.room.create event: no prev or auth events. Caller holds the room lock."""
         check_auth(pdu, {}, version)
-        return await self._finish_and_persist(pdu, version, {}, pdu["sender"], None)
+        queued = await self._finish_and_queue(pdu, version, {}, pdu["sender"], None)
+        return await queued.persisted()
 
-    async def _finish_and_persist(self, pdu, version, current, sender, txn,
-                                  countersign=None) -> EventRow:
-        """Hash, sign and persist a local event whose state before is the current state."""
+    async def _finish_and_queue(self, pdu, version, current, sender, txn, countersign=None,
+                                epoch=None) -> QueuedEvent:
+        """Hash, sign and queue a local event whose state before is the current state."""
         hs = self.hs
         pdu = add_content_hash(pdu)
         pdu = sign_event(pdu, hs.server_name, hs.signing_key, version)
@@ -262,9 +305,9 @@ class EventHandler:
         if pdu.get("state_key") is not None:
             after[(pdu["type"], pdu["state_key"])] = event_id
         destinations = await self.destinations_for(pdu, after)
-        return await self.persist_event(
+        return await self._queue_event(
             pdu, event_id, state_before=current, base_group=group, new_current=after,
-            txn=(sender, *txn) if txn else None, destinations=destinations)
+            txn=(sender, *txn) if txn else None, destinations=destinations, epoch=epoch)
 
     async def destinations_for(self, pdu: dict, state_after: dict) -> list[str]:
         """Other servers that must receive a local event: those with joined members, and the
@@ -299,6 +342,23 @@ class EventHandler:
         room's current state after this event, or None when it does not change (outliers,
         backfill, soft-failed events). `destinations` get durable federation queue rows.
         """
+        queued = await self._queue_event(
+            pdu, event_id, state_before=state_before, base_group=base_group,
+            new_current=new_current, txn=txn, destinations=destinations, outlier=outlier,
+            backfilled=backfilled, soft_failed=soft_failed, ordering=ordering,
+            replace_outlier=replace_outlier)
+        return await queued.persisted()
+
+    async def _queue_event(
+        self, pdu: dict, event_id: str, *, state_before: dict[StateKey, str],
+        base_group: int | None, new_current: dict[StateKey, str] | None,
+        txn: tuple[str, str, str] | None, destinations: list[str] | None,
+        outlier: bool = False, backfilled: bool = False, soft_failed: bool = False,
+        ordering: int | None = None, replace_outlier: bool = False, epoch: int | None = None,
+    ) -> QueuedEvent:
+        """persist_event up to its write, queued: what the next event of the room is built on
+        (its forward extremities, the event itself) already includes it. `epoch`: the room's
+        epoch the event was built in (a local event; see _room_failed)."""
         hs = self.hs
         room_id = pdu["room_id"]
         state_key = pdu.get("state_key")
@@ -321,76 +381,74 @@ class EventHandler:
         delta = {k: v for k, v in (new_current or {}).items() if old_current.get(k) != v}
         delta_rows = await hs.state.get_events(v for k, v in delta.items()
                                                if k[0] == "m.room.member" and v != event_id)
+        chain = await self._group_chain(base_group) if base_group is not None and not outlier \
+            else 0
 
-        async with self._persist_lock:
-            if ordering is None:
-                ordering = hs.ids.backfill.next() if (outlier or backfilled) else hs.ids.events.next()
-            batch = PersistBatch(
-                row=EventRow(
-                    stream_ordering=ordering, event_id=event_id, room_id=room_id,
-                    type=pdu["type"], state_key=state_key, sender=pdu["sender"],
-                    depth=pdu["depth"], origin_server_ts=pdu["origin_server_ts"], pdu=stored,
-                    state_group=None, txn_device=txn[1] if txn else None,
-                    txn_id=txn[2] if txn else None, outlier=outlier, soft_failed=soft_failed,
-                ),
-                prev_event_ids=list(pdu.get("prev_events", [])),
-                update_extremities=timeline, outlier=outlier, soft_failed=soft_failed,
-                txn=txn, replace_outlier=replace_outlier,
-            )
-            group_state = None
-            group, chain = base_group, 0
-            if not outlier:
-                if base_group is not None:
-                    info = await self._group_chain(base_group)
-                    chain = info
-                if key is None and base_group is not None:
-                    batch.row.state_group = base_group
+        # From here to the queueing, no await: the queue's order is the stream positions' order.
+        if ordering is None:
+            ordering = hs.ids.backfill.next() if (outlier or backfilled) else hs.ids.events.next()
+        batch = PersistBatch(
+            row=EventRow(
+                stream_ordering=ordering, event_id=event_id, room_id=room_id,
+                type=pdu["type"], state_key=state_key, sender=pdu["sender"],
+                depth=pdu["depth"], origin_server_ts=pdu["origin_server_ts"], pdu=stored,
+                state_group=None, txn_device=txn[1] if txn else None,
+                txn_id=txn[2] if txn else None, outlier=outlier, soft_failed=soft_failed,
+            ),
+            prev_event_ids=list(pdu.get("prev_events", [])),
+            update_extremities=timeline, outlier=outlier, soft_failed=soft_failed,
+            txn=txn, replace_outlier=replace_outlier,
+        )
+        group_state = None
+        group = base_group
+        if not outlier:
+            if key is None and base_group is not None:
+                batch.row.state_group = base_group
+            else:
+                group_state = dict(state_before)
+                if key is not None:
+                    group_state[key] = event_id
+                gid = hs.ids.state_groups.next()
+                if base_group is None or chain + 1 >= state_store.MAX_CHAIN_LENGTH:
+                    batch.new_state_group = (gid, None, 0, group_state)
+                    chain = 0
                 else:
-                    group_state = dict(state_before)
-                    if key is not None:
-                        group_state[key] = event_id
-                    gid = hs.ids.state_groups.next()
-                    if base_group is None or chain + 1 >= state_store.MAX_CHAIN_LENGTH:
-                        batch.new_state_group = (gid, None, 0, group_state)
-                        chain = 0
-                    else:
-                        batch.new_state_group = (gid, base_group, chain + 1, {key: event_id})
-                        chain += 1
-                    batch.row.state_group = group = gid
-            batch.current_state_delta = delta
-            for (t, sk), eid in delta.items():
-                if t != "m.room.member":
-                    continue
-                content = pdu["content"] if eid == event_id else (
-                    delta_rows[eid].pdu.get("content", {}) if eid in delta_rows else {})
-                batch.memberships.append((sk, content.get("membership", "leave"), eid, ordering))
-            rel = pdu["content"].get("m.relates_to") if isinstance(pdu.get("content"), dict) else None
-            if not (outlier or soft_failed) and isinstance(rel, dict) \
-                    and isinstance(rel.get("event_id"), str) \
-                    and isinstance(rel.get("rel_type"), str):
-                agg = rel.get("key") if isinstance(rel.get("key"), str) else None
-                batch.relation = (rel["event_id"], rel["rel_type"], agg)
-            if pdu["type"] == "m.room.redaction" and not soft_failed:
-                target = pdu.get("redacts") or (pdu.get("content") or {}).get("redacts")
-                if isinstance(target, str):
-                    batch.redacts = target
-            for statements, _ in hooked:
-                batch.extra.extend(statements(ordering) if callable(statements) else statements)
-            if counts is not None:
-                batch.extra.extend(counts.statements(ordering))
-            for dest in destinations or ():
-                batch.extra.append((
-                    "INSERT INTO federation_outbox (destination, event_id, created_ts) VALUES (?,?,?)",
-                    [dest, event_id, now_ms()]))
-            with hs.notifications.persisting(counts):  # the cached counts follow the commit
-                await event_store.persist(batch)
-            if batch.update_extremities:
-                self._extremities_committed(room_id, batch.prev_event_ids, event_id)
+                    batch.new_state_group = (gid, base_group, chain + 1, {key: event_id})
+                    chain += 1
+                batch.row.state_group = group = gid
+        batch.current_state_delta = delta
+        for (t, sk), eid in delta.items():
+            if t != "m.room.member":
+                continue
+            content = pdu["content"] if eid == event_id else (
+                delta_rows[eid].pdu.get("content", {}) if eid in delta_rows else {})
+            batch.memberships.append((sk, content.get("membership", "leave"), eid, ordering))
+        rel = pdu["content"].get("m.relates_to") if isinstance(pdu.get("content"), dict) else None
+        if not (outlier or soft_failed) and isinstance(rel, dict) \
+                and isinstance(rel.get("event_id"), str) \
+                and isinstance(rel.get("rel_type"), str):
+            agg = rel.get("key") if isinstance(rel.get("key"), str) else None
+            batch.relation = (rel["event_id"], rel["rel_type"], agg)
+        if pdu["type"] == "m.room.redaction" and not soft_failed:
+            target = pdu.get("redacts") or (pdu.get("content") or {}).get("redacts")
+            if isinstance(target, str):
+                batch.redacts = target
+        for statements, _ in hooked:
+            batch.extra.extend(statements(ordering) if callable(statements) else statements)
+        if counts is not None:
+            batch.extra.extend(counts.statements(ordering))
+        for dest in destinations or ():
+            batch.extra.append((
+                "INSERT INTO federation_outbox (destination, event_id, created_ts) VALUES (?,?,?)",
+                [dest, event_id, now_ms()]))
+        row = batch.row
+
+        def on_commit() -> None:
+            """The caches follow the commit (in commit order, under the persist lock)."""
             if txn is not None:
                 self._recent_txns.put(txn, event_id)
             if not (outlier or backfilled):
                 hs.ids.events.mark_visible(ordering)
-            # Caches follow the commit.
             if group_state is not None:
                 hs.state.cache_state_group(group, group_state)
                 self._chains[group] = chain
@@ -398,37 +456,81 @@ class EventHandler:
                 hs.state.apply_state_delta(room_id, delta)
                 # Track a group whose state is the current state, for the next local event.
                 self._room_groups[room_id] = (
-                    (batch.row.state_group, chain) if new_current == (
+                    (row.state_group, chain) if new_current == (
                         group_state if group_state is not None else state_before) else (None, 0))
             if batch.redacts:
                 hs.state.invalidate_event(batch.redacts)
             if replace_outlier:
                 hs.state.invalidate_event(event_id)
-            row = batch.row
             hs.state.cache_event(row)
             hs.state.invalidate_memberships(m[0] for m in batch.memberships)
+            hs.notifications.committed(counts)
             if timeline:
                 hs.state.recent.append(row)
+                users = [row.state_key] if row.type == "m.room.member" and row.state_key else []
+                hs.notifier.notify("events", ordering, rooms=[room_id], users=users)
+
+        def on_fail(error: BaseException) -> None:
+            if batch.update_extremities:
+                hs.state.invalidate_event(event_id)
+                if not isinstance(error, StaleWrite):
+                    self._room_failed(room_id)
+
+        write = Write(event_store.statements_for(batch), on_commit, on_fail,
+                      (lambda: self._room_epochs[room_id] != epoch) if epoch is not None else None)
+        self.writer.queue(write)
+        if batch.update_extremities:
+            # What the room's next event is built on includes this one from now on.
+            self._extremities_queued(room_id, batch.prev_event_ids, event_id)
+            hs.state.cache_event(row)
+            self._last_write[room_id] = write
+            write.done.add_done_callback(lambda _f: self._forget_write(room_id, write))
+        return QueuedEvent(self, write, row, timeline, destinations, hooked)
+
+    def _forget_write(self, room_id: str, write: Write) -> None:
+        if self._last_write.get(room_id) is write:
+            del self._last_write[room_id]
+
+    def _room_failed(self, room_id: str) -> None:
+        """A queued write of the room failed: what was built on it since is refused (a new
+        epoch), and the room's extremities are read again from what has committed."""
+        self._room_epochs[room_id] += 1
+        self._extremities.pop(room_id, None)
+        self._extremities_gen[room_id] += 1
+
+    async def _after_commit(self, row: EventRow, timeline: bool,
+                            destinations: list[str] | None, hooked: list) -> None:
         if timeline:
-            await self._fan_out(row)
+            for cb in self.on_persisted:
+                try:
+                    res = cb(row)
+                    if asyncio.iscoroutine(res):
+                        await res
+                except Exception:  # a listener's failure must not fail the send
+                    log.exception("event listener failed for %s", row.event_id)
         if destinations and self.on_outbox is not None:
             self.on_outbox(destinations)
         for _, after_commit in hooked:
             if after_commit is not None:
                 after_commit()
-        return row
 
     @runs_to_completion
     async def set_out_of_room_membership(self, room_id: str, user_id: str, membership: str,
                                          event_id: str) -> None:
         """A local user's membership in a room whose state we don't hold (a remote invite or
         its rejection): a membership row at a fresh stream position, so /sync reports it."""
-        async with self._persist_lock:
-            position = self.hs.ids.events.next()
-            await state_store.upsert_membership(room_id, user_id, membership, event_id, position)
-            self.hs.state.invalidate_memberships([user_id])
-            self.hs.ids.events.mark_visible(position)
-        self.hs.notifier.notify("events", position, rooms=[room_id], users=[user_id])
+        hs = self.hs
+        position = hs.ids.events.next()
+
+        def on_commit() -> None:
+            hs.state.invalidate_memberships([user_id])
+            hs.ids.events.mark_visible(position)
+            hs.notifier.notify("events", position, rooms=[room_id], users=[user_id])
+
+        write = self.writer.queue(Write(
+            [event_store.membership_statement(room_id, user_id, membership, event_id, position)],
+            on_commit))
+        await self.writer.committed(write)
 
     async def _group_chain(self, group: int) -> int:
         chain = self._chains.get(group)
@@ -451,13 +553,22 @@ class EventHandler:
         self._room_groups[room_id] = (group, chain)
         return group, chain
 
-    async def _fan_out(self, row: EventRow) -> None:
-        users = [row.state_key] if row.type == "m.room.member" and row.state_key else []
-        self.hs.notifier.notify("events", row.stream_ordering, rooms=[row.room_id], users=users)
-        for cb in self.on_persisted:
-            try:
-                res = cb(row)
-                if asyncio.iscoroutine(res):
-                    await res
-            except Exception:  # a listener's failure must not fail the send
-                log.exception("event listener failed for %s", row.event_id)
+
+class QueuedEvent:
+    """An event queued for writing; `persisted()` waits for its commit, then runs what follows
+    a commit outside the writer (listeners, federation and outbox wake-ups), once."""
+
+    def __init__(self, handler: EventHandler, write: Write, row: EventRow, timeline: bool,
+                 destinations: list[str] | None, hooked: list) -> None:
+        self._handler = handler
+        self._write = write
+        self.row = row
+        self._after = (timeline, destinations, hooked)
+        self._done = False
+
+    async def persisted(self) -> EventRow:
+        await self._handler.writer.committed(self._write)
+        if not self._done:
+            self._done = True
+            await self._handler._after_commit(self.row, *self._after)
+        return self.row

@@ -2,7 +2,7 @@
 does not ask the database for them on every response.
 
 Per user: the rooms with non-zero counts, loaded in one query and then kept up to date by the
-event pipeline right after each commit, under the persist lock (one writer per process, as for
+event writer right after each commit, under the persist lock (one writer per process, as for
 the state caches). A load takes the same lock, so it never sees an event whose increments are
 not applied yet. Receipts do not take it: they drop the user's entry after their commit, and a
 load that overlapped such a drop is used for its response but not kept.
@@ -51,12 +51,6 @@ class CountsCache:
             self._floor = max(self._floor, n)
 
     # --- readers ---------------------------------------------------------------------------
-
-    def known_zero(self, room_id: str, user_id: str) -> bool:
-        """True when the user's counts are loaded and zero in this room (under the persist
-        lock this stays true until the caller's own change)."""
-        entry = self._users.get(user_id)
-        return entry is not None and room_id not in entry
 
     async def get(self, user_id: str, load: Callable[[str], Awaitable[Counts]],
                   lock: Any) -> Counts:

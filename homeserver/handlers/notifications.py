@@ -48,7 +48,6 @@ class PendingCounts:
     """What one event does to the counters, before its stream position is known."""
 
     room_id: str
-    cache: CountsCache
     reset_user: str | None = None  # the local sender: their counter starts again
     notified: list[tuple[str, bool]] = field(default_factory=list)  # (user, highlight)
     event_id: str = ""
@@ -56,14 +55,13 @@ class PendingCounts:
     ts: int = 0
 
     def statements(self, ordering: int) -> list[tuple[str, list[Any]]]:
-        """Under the persist lock, once the event has its stream position: the counter rows
-        and the notification rows, for the event's own transaction."""
+        """Once the event has its stream position: the counter rows and the notification
+        rows, for the event's own transaction."""
         out = []
         rows = [(u, 1, 1 if hl else 0, 0) for u, hl in self.notified]
-        # A sender already at zero here needs no reset row (a later receipt for an older
-        # event recounts from the events themselves, so nothing relies on it).
-        if self.reset_user is not None and not self.cache.known_zero(self.room_id,
-                                                                     self.reset_user):
+        # Always a reset row, even for a sender the cache knows at zero: the cache follows
+        # commits, and an event queued before this one may yet raise their counter.
+        if self.reset_user is not None:
             rows.append((self.reset_user, 0, 0, ordering))
         if rows:
             out.append(store.upsert_statement(self.room_id, rows, ordering))
@@ -168,7 +166,7 @@ class NotificationHandler:
     async def _for_event(self, pdu: dict[str, Any], event_id: str, state: dict[StateKey, str]
                          ) -> PendingCounts | None:
         room_id, sender = pdu["room_id"], pdu["sender"]
-        pending = PendingCounts(room_id, self.cache, event_id=event_id, ts=now_ms())
+        pending = PendingCounts(room_id, event_id=event_id, ts=now_ms())
         if server_of(sender) == self.hs.server_name:
             pending.reset_user = sender
         view = await self._view(room_id, state, (event_id, pdu))
@@ -205,11 +203,9 @@ class NotificationHandler:
             self._actions.put(user_id, entry)
         return entry[1].get(out.rule_id or "") or _fallback_actions(out.highlight)
 
-    @contextmanager
-    def persisting(self, pending: PendingCounts | None) -> Iterator[None]:
-        """Around the event's transaction, under the persist lock: the cached counts follow
-        once it has committed (not if it failed), and the push sender wakes."""
-        yield
+    def committed(self, pending: PendingCounts | None) -> None:
+        """After the event's commit, in commit order (the event writer's on_commit, under the
+        persist lock): the cached counts follow, and the push sender wakes."""
         if pending is None:
             return
         for user_id, highlight in pending.notified:

@@ -85,8 +85,14 @@ class PersistBatch:
 
 
 async def persist(batch: PersistBatch) -> None:
+    """Write one event in a transaction of its own (the event writer batches statements_for)."""
+    await sql.write_transaction(statements_for(batch))
+
+
+def statements_for(batch: PersistBatch) -> list[sql.Statement]:
+    """The writes of one event, for its transaction (or a batch's)."""
     r = batch.row
-    sealed_json = EVENTS_JSON.seal(orjson.dumps(r.pdu), r.event_id)  # before taking the lock
+    sealed_json = EVENTS_JSON.seal(orjson.dumps(r.pdu), r.event_id)
     stmts: list[sql.Statement] = []
     if batch.replace_outlier:
         stmts.append(("DELETE FROM events WHERE event_id = ? AND outlier = ?",
@@ -132,13 +138,7 @@ async def persist(batch: PersistBatch) -> None:
             [r.room_id, t, sk, eid],
         ))
     for user_id, membership, event_id, ordering in batch.memberships:
-        stmts.append((
-            "INSERT INTO room_memberships (room_id, user_id, membership, event_id, "
-            "stream_ordering, forgotten) VALUES (?,?,?,?,?,?) ON CONFLICT (room_id, user_id) "
-            "DO UPDATE SET membership = excluded.membership, event_id = excluded.event_id, "
-            "stream_ordering = excluded.stream_ordering, forgotten = excluded.forgotten",
-            [r.room_id, user_id, membership, event_id, ordering, False],
-        ))
+        stmts.append(membership_statement(r.room_id, user_id, membership, event_id, ordering))
     if batch.txn is not None:
         stmts.append((
             "INSERT INTO event_txns (user_id, device_id, txn_id, event_id, created_ts) "
@@ -158,7 +158,18 @@ async def persist(batch: PersistBatch) -> None:
             [r.event_id, batch.redacts, r.room_id],
         ))
     stmts.extend(batch.extra)
-    await sql.write_transaction(stmts)
+    return stmts
+
+
+def membership_statement(room_id: str, user_id: str, membership: str, event_id: str,
+                         ordering: int) -> tuple[str, list[Any]]:
+    """A user's membership row in a room, inserted or replaced."""
+    return (
+        "INSERT INTO room_memberships (room_id, user_id, membership, event_id, stream_ordering, "
+        "forgotten) VALUES (?,?,?,?,?,?) ON CONFLICT (room_id, user_id) DO UPDATE SET "
+        "membership = excluded.membership, event_id = excluded.event_id, "
+        "stream_ordering = excluded.stream_ordering, forgotten = excluded.forgotten",
+        [room_id, user_id, membership, event_id, ordering, False])
 
 
 async def get_txn_event_id(user_id: str, device_id: str, txn_id: str) -> str | None:

@@ -122,11 +122,3 @@ async def set_forgotten(room_id: str, user_id: str) -> None:
     )
 
 
-async def upsert_membership(room_id: str, user_id: str, membership: str, event_id: str,
-                            stream_ordering: int) -> None:
-    await sql.execute(
-        "INSERT INTO room_memberships (room_id, user_id, membership, event_id, stream_ordering, "
-        "forgotten) VALUES (?,?,?,?,?,?) ON CONFLICT (room_id, user_id) DO UPDATE SET "
-        "membership = excluded.membership, event_id = excluded.event_id, "
-        "stream_ordering = excluded.stream_ordering, forgotten = excluded.forgotten",
-        [room_id, user_id, membership, event_id, stream_ordering, False])

@@ -127,3 +127,91 @@ async def test_history_visibility_joined_hides_earlier_events(api):
     assert after in ids and secret not in ids
     assert (await carol.get(f"/rooms/{room_id}/event/{secret}")).status == 404
     assert (await carol.get(f"/rooms/{room_id}/context/{secret}")).status == 404
+
+
+async def _chain_of(server, room_id: str, event_ids: list[str]):
+    """The stored events, in stream order, after checking every prev event they name is
+    stored too (no event follows one that was never written)."""
+    from homeserver.storage import events as event_store
+    from tests.servers import in_db
+
+    rows = await in_db(server, event_store.get_events, event_ids)
+    assert set(rows) == set(event_ids)
+    prevs = {p for r in rows.values() for p in r.pdu["prev_events"]}
+    assert set(await in_db(server, event_store.get_events, prevs)) == prevs
+    extremities = await in_db(server, event_store.get_extremities, room_id)
+    return sorted(rows.values(), key=lambda r: r.stream_ordering), extremities
+
+
+async def test_concurrent_messages_form_one_chain(server, api):
+    """Messages sent at once to one room are queued while earlier ones commit: each follows
+    the one before it (no forks), and stream order is DAG order."""
+    import asyncio
+
+    alice, bob, room_id = await api.two_in_a_public_room()
+    results = await asyncio.gather(*(
+        (alice if i % 2 else bob).put(f"/rooms/{room_id}/send/m.room.message/c{i}",
+                                      {"msgtype": "m.text", "body": f"c{i}"})
+        for i in range(40)))
+    assert [r.status for r in results] == [200] * 40
+    chain, extremities = await _chain_of(server, room_id, [r.json["event_id"] for r in results])
+    for before, event in zip(chain, chain[1:]):
+        assert event.pdu["prev_events"] == [before.event_id]
+        assert event.depth == before.depth + 1
+    assert extremities == [chain[-1].event_id]
+
+
+async def test_messages_queued_behind_a_refused_write_are_built_again(server, api):
+    """A retried txnId the server no longer remembers is refused by the database's unique key
+    while other messages are queued behind it, built on it: those are built again on what
+    was stored, and every send succeeds."""
+    import asyncio
+
+    alice, bob, room_id = await api.two_in_a_public_room()
+    first = await alice.put(f"/rooms/{room_id}/send/m.room.message/old",
+                            {"msgtype": "m.text", "body": "first"})
+    server.hs.events._recent_txns.clear()  # as after a restart: only the unique key knows
+    epoch = server.hs.events._room_epochs[room_id]
+    retry = alice.put(f"/rooms/{room_id}/send/m.room.message/old",
+                      {"msgtype": "m.text", "body": "a retry"})
+    others = [bob.put(f"/rooms/{room_id}/send/m.room.message/n{i}",
+                      {"msgtype": "m.text", "body": f"n{i}"}) for i in range(20)]
+    results = await asyncio.gather(retry, *others)
+    assert [r.status for r in results] == [200] * 21
+    assert results[0].json["event_id"] == first.json["event_id"]
+    assert server.hs.events._room_epochs[room_id] == epoch + 1  # the refused write's room
+    ids = [r.json["event_id"] for r in results[1:]]
+    chain, extremities = await _chain_of(server, room_id, ids)
+    assert len(extremities) == 1
+    msgs = (await alice.get(f"/rooms/{room_id}/messages", params={"dir": "b", "limit": "50"})).json
+    bodies = [e["content"]["body"] for e in msgs["chunk"] if e["type"] == "m.room.message"]
+    assert sorted(bodies) == sorted(["first"] + [f"n{i}" for i in range(20)])
+
+
+async def test_extremities_read_while_a_write_is_queued_include_it(server, api):
+    """The cached forward extremities lost while a message is queued (not committed): reading
+    them again waits for the room's queued writes, so what the next event follows includes
+    the message instead of forking from the database's older view."""
+    import asyncio
+
+    alice, _, room_id = await api.two_in_a_public_room()
+    handler = server.hs.events
+    token = server.hs.db.activate()
+    try:
+        async with handler.persist_lock:  # the writer cannot commit meanwhile
+            send = asyncio.create_task(alice.put(f"/rooms/{room_id}/send/m.room.message/q",
+                                                 {"msgtype": "m.text", "body": "queued"}))
+            async with asyncio.timeout(10):
+                while room_id not in handler._last_write:  # until the message is queued
+                    await asyncio.sleep(0)
+            queued = handler._last_write[room_id]
+            assert not queued.done.done()
+            handler._extremities.pop(room_id)
+            read = asyncio.create_task(handler.extremities(room_id))
+            for _ in range(5):  # let the read start before the writer may commit
+                await asyncio.sleep(0)
+        sent = await send
+        assert sent.status == 200
+        assert await read == [sent.json["event_id"]]
+    finally:
+        server.hs.db.deactivate(token)

@@ -28,6 +28,7 @@ from homeserver.storage import sql
 from homeserver.storage import userdata
 from homeserver.types import now_ms
 from tests.client import Api
+from tests.servers import in_db
 
 FAST_RETRY = {"retry_base_ms": 20, "retry_max_ms": 100}
 WAIT = 20.0  # seconds: upper bound of every wait in this module
@@ -166,14 +167,6 @@ def listen(srv, destination: str) -> Outcomes:
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-async def in_db(srv, fn, *args):
-    token = srv.hs.db.activate()
-    try:
-        return await fn(*args)
-    finally:
-        srv.hs.db.deactivate(token)
-
 
 async def queue_pdus(srv, destination: str, event_ids: list[str], wake: bool = True) -> None:
     """Outbox rows as the event pipeline writes them, for events that exist."""
