@@ -23,8 +23,8 @@ MIN_HOT = 256
 class EventCache:
     def __init__(self, size: int) -> None:
         hot = min(size, max(MIN_HOT, size // HOT_SHARE))
-        self._hot: LRU = LRU(hot)
         self._cold: LRU = LRU(max(0, size - hot))
+        self._hot: LRU = LRU(hot, on_evict=self._cool)
 
     def get_many(self, event_ids: Iterable[str]) -> tuple[dict[str, EventRow], list[str]]:
         """(the cached events by ID, the IDs not cached, in order)."""
@@ -37,13 +37,13 @@ class EventCache:
                     still.append(eid)
                 else:
                     found[eid] = row = _unpack(packed)
-                    self._put_hot(row)
+                    self._hot.put(eid, row)
             missing = still
         return found, missing
 
     def put(self, row: EventRow) -> None:
         self._cold.pop(row.event_id, None)
-        self._put_hot(row)
+        self._hot.put(row.event_id, row)
 
     def pop(self, event_id: str) -> None:
         self._hot.pop(event_id, None)
@@ -56,14 +56,10 @@ class EventCache:
     def __len__(self) -> int:
         return len(self._hot) + len(self._cold)
 
-    def _put_hot(self, row: EventRow) -> None:
-        hot = self._hot
-        hot[row.event_id] = row
-        hot.move_to_end(row.event_id)
-        while len(hot) > hot.size:
-            _, old = hot.popitem(last=False)
-            if self._cold.size:
-                self._cold.put(old.event_id, _pack(old))
+    def _cool(self, event_id: str, row: EventRow) -> None:
+        """An event leaving the hot tier is kept packed (if the cold tier has room at all)."""
+        if self._cold.size:
+            self._cold.put(event_id, _pack(row))
 
 
 def _pack(row: EventRow) -> tuple:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 
 class LRU(OrderedDict):
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, on_evict: Callable[[Any, Any], None] | None = None) -> None:
+        """`on_evict(key, value)` is told of each entry forgotten for room (not of pops)."""
         super().__init__()
         self.size = size
+        self.on_evict = on_evict
 
     def get_item(self, key):
         val = super().get(key)
@@ -33,4 +35,6 @@ class LRU(OrderedDict):
         self[key] = value
         self.move_to_end(key)
         while len(self) > self.size:
-            self.popitem(last=False)
+            old = self.popitem(last=False)
+            if self.on_evict is not None:
+                self.on_evict(*old)

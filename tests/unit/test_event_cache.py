@@ -73,3 +73,18 @@ def test_small_caches_keep_everything_decoded():
     for i in range(150):
         cache.put(row(i))
     assert len(cache._hot) == 100 and not cache._cold
+
+
+def test_lru_tells_what_it_forgets_for_room_only():
+    from homeserver.handlers.lru import LRU
+
+    evicted: list[tuple] = []
+    lru = LRU(2, on_evict=lambda k, v: evicted.append((k, v)))
+    lru.put("a", 1)
+    lru.put("b", 2)
+    assert lru.get_item("a") == 1  # "a" is now the most recent
+    lru.put("c", 3)
+    assert evicted == [("b", 2)] and list(lru) == ["a", "c"]
+    lru.pop("a")  # taken out by hand: not an eviction
+    lru.put("a", 4)  # replaced in place: not an eviction either
+    assert evicted == [("b", 2)]
