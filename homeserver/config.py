@@ -114,9 +114,21 @@ class FederationConfig(_Section):
     ca_file: Path | None = None
     # Served at /.well-known/matrix/server as {"m.server": ...} to delegate federation traffic.
     well_known_server: str | None = None
+    # DNS servers ("ip" or "ip:port") for other servers' SRV records and addresses; empty:
+    # the system's resolver.
+    dns_servers: list[str] = []
     # Retries while a destination is down: exponential from retry_base_ms, capped, with jitter.
     retry_base_ms: int = Field(500, ge=1)
     retry_max_ms: int = Field(60_000, ge=1)
+
+    @field_validator("dns_servers")
+    @classmethod
+    def _dns_servers(cls, v: list[str]) -> list[str]:
+        from homeserver.handlers.federation.discovery import parse_dns_server
+
+        for server in v:
+            parse_dns_server(server)  # ValueError names the bad entry
+        return v
 
 
 class MediaConfig(_Section):

@@ -144,6 +144,7 @@ class RunningServer:
     backend: str
     config_data: dict[str, Any]
     host: str = "127.0.0.1"
+    tls: tuple[Path, Path] | None = None  # (cert, key): HTTPS, the cert also its own CA
     _shutdown: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task | None = None
     _pg_db: str | None = None
@@ -172,11 +173,13 @@ class RunningServer:
         sock, self._sock = self._sock or reserve_port(self.host, self.port), None
         # hypercorn's own socket object owns the descriptor from here on (and closes it).
         hc.bind = [f"fd://{sock.detach()}"]
+        if self.tls:
+            hc.certfile, hc.keyfile = str(self.tls[0]), str(self.tls[1])
         hc.accesslog = None
         hc.errorlog = None
         hc.graceful_timeout = 1
         self._task = asyncio.create_task(serve(self.app, hc, shutdown_trigger=self._shutdown.wait))
-        await wait_ready(self.base_url, self._task)
+        await wait_ready(self.base_url, self._task, ssl=False if self.tls else True)
 
     async def destroy(self) -> None:
         await self.stop()
@@ -184,8 +187,8 @@ class RunningServer:
             await drop_pg_database(self._pg_db)
 
 
-async def wait_ready(base_url: str, task: asyncio.Task) -> None:
-    async with aiohttp.ClientSession() as s:
+async def wait_ready(base_url: str, task: asyncio.Task, ssl: bool = True) -> None:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl)) as s:
         for _ in range(500):
             if task.done():
                 task.result()  # raises the start-up error
@@ -201,16 +204,22 @@ async def wait_ready(base_url: str, task: asyncio.Task) -> None:
 
 
 async def start_server(tmp_dir: Path, backend: str = "sqlite", host: str = "127.0.0.1",
+                       server_name: str | None = None, tls: tuple[Path, Path] | None = None,
                        **config: Any) -> RunningServer:
-    """A server named localhost:<port>, or <host>:<port> on another loopback address."""
+    """A server named localhost:<port>, or <host>:<port> on another loopback address (or the
+    name given); with `tls` (cert, key) it serves HTTPS."""
     sock = reserve_port(host)
     port = sock.getsockname()[1]
-    server_name = f"localhost:{port}" if host == "127.0.0.1" else f"{host}:{port}"
+    server_name = server_name or (f"localhost:{port}" if host == "127.0.0.1"
+                                  else f"{host}:{port}")
     data_dir = tmp_dir / f"hs-{port}"
+    listener: dict[str, Any] = {"host": host, "port": port}
+    if tls:
+        listener.update(tls_cert=str(tls[0]), tls_key=str(tls[1]))
     data: dict[str, Any] = {
         "server_name": server_name,
         "data_dir": str(data_dir),
-        "listeners": [{"host": host, "port": port}],
+        "listeners": [listener],
         "security": {"bcrypt_rounds": 4},
         "database": {"sqlite_synchronous": "NORMAL"},
         # Tests make many requests quickly; limits are exercised by their own tests.
@@ -230,8 +239,8 @@ async def start_server(tmp_dir: Path, backend: str = "sqlite", host: str = "127.
             data[k] = {**data[k], **v}
         else:
             data[k] = v
-    srv = RunningServer(base_url=f"http://{host}:{port}", server_name=server_name, port=port,
-                        host=host,
+    srv = RunningServer(base_url=f"{'https' if tls else 'http'}://{host}:{port}",
+                        server_name=server_name, port=port, host=host, tls=tls,
                         data_dir=data_dir, app=None, backend=backend, config_data=data,
                         _pg_db=pg_db, _sock=sock)
     await srv.start()

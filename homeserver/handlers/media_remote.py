@@ -53,13 +53,13 @@ class RemoteMediaFetcher:
                             "with its origin")
         client = self.hs.federation_client
         try:
-            base = await client.resolve(server_name)
+            route = await client.route(server_name)
         except ValueError:
             raise not_found("Remote media: the server name cannot be resolved") from None
         try:
-            got = await self._fetch_federation(client, base, server_name, media_id, wait_ms)
+            got = await self._fetch_federation(client, route, server_name, media_id, wait_ms)
             if got is None:  # an older server: no federation media endpoint
-                got = await self._fetch_legacy(client, base, server_name, media_id, wait_ms)
+                got = await self._fetch_legacy(client, route, server_name, media_id, wait_ms)
         except TooLarge:
             raise MatrixError(502, "M_TOO_LARGE", "Remote content is too large to serve") \
                 from None
@@ -74,7 +74,7 @@ class RemoteMediaFetcher:
         return aiohttp.ClientTimeout(total=REMOTE_TOTAL_TIMEOUT + wait_ms / 1000,
                                      sock_read=REMOTE_READ_TIMEOUT + wait_ms / 1000)
 
-    async def _fetch_federation(self, client: Any, base: str, server_name: str, media_id: str,
+    async def _fetch_federation(self, client: Any, route: Any, server_name: str, media_id: str,
                                 wait_ms: int) -> RemoteContent | None:
         """GET /_matrix/federation/v1/media/download (signed, multipart/mixed). None when the
         remote server does not know the endpoint."""
@@ -83,10 +83,10 @@ class RemoteMediaFetcher:
         headers = {"Authorization": client.sign_request(server_name, "GET", target)}
         # The federation client's pooled session (TLS settings as configured); it has no
         # public streaming request, and media bodies must not be buffered as JSON.
-        session = client._get_session()
-        async with session.get(URL(base + target, encoded=True), headers=headers,
-                               allow_redirects=False,
-                               timeout=self._remote_timeout(wait_ms)) as resp:
+        url, options = client.request_options(route, target, headers)
+        async with client._get_session().get(url, allow_redirects=False,
+                                             timeout=self._remote_timeout(wait_ms),
+                                             **options) as resp:
             if resp.status != 200:
                 errcode = await _remote_errcode(resp)
                 if errcode == "M_UNRECOGNIZED" or (
@@ -110,15 +110,16 @@ class RemoteMediaFetcher:
             return (sha256, size, normalize_content_type(part.headers.get("Content-Type")),
                     _disposition_filename(part.headers.get("Content-Disposition")))
 
-    async def _fetch_legacy(self, client: Any, base: str, server_name: str, media_id: str,
+    async def _fetch_legacy(self, client: Any, route: Any, server_name: str, media_id: str,
                             wait_ms: int) -> RemoteContent:
         """GET /_matrix/media/v3/download (unauthenticated), for servers without the
         federation media endpoint."""
         target = quote_path("/_matrix/media/v3/download/{}/{}", server_name, media_id)
         target += f"?allow_remote=false&timeout_ms={wait_ms}"
-        async with client._get_session().get(URL(base + target, encoded=True),
-                                              allow_redirects=False,
-                                              timeout=self._remote_timeout(wait_ms)) as resp:
+        url, options = client.request_options(route, target, {})
+        async with client._get_session().get(url, allow_redirects=False,
+                                              timeout=self._remote_timeout(wait_ms),
+                                              **options) as resp:
             if resp.status != 200:
                 raise _remote_failure(resp.status, await _remote_errcode(resp))
             return await self._store_response(resp)

@@ -15,18 +15,18 @@ def partitioned(a, b):
     saved = []
     for x, y in ((a, b), (b, a)):
         client = x.hs.federation_client
-        original = client.resolve
+        original = client.route
 
-        async def resolve(name, _orig=original, _cut=y.server_name):
+        async def route(name, _orig=original, _cut=y.server_name):
             return dead if name == _cut else await _orig(name)
 
-        client.resolve = resolve
+        client.route = route
         saved.append((client, original))
     try:
         yield
     finally:
         for client, original in saved:
-            client.resolve = original
+            client.route = original
         for x, y in ((a, b), (b, a)):
             x.hs.federation_sender.retry_now(y.server_name)
 

@@ -89,6 +89,8 @@ def test_relative_paths_are_relative_to_the_config_file_not_the_cwd(tmp_path, mo
     ("registration:\n  mode: maybe\n", "registration.mode", "'open', 'token' or 'closed'"),
     ("security:\n  bcrypt_rounds: 2\n", "security.bcrypt_rounds", "greater than or equal to 4"),
     ("federation:\n  enabled: sometimes\n", "federation.enabled", "valid boolean"),
+    ("federation:\n  dns_servers: [dns.example.org]\n", "federation.dns_servers",
+     "'dns.example.org' is not an IP address"),
     ("notifier:\n  backend: redis\n", "notifier", "redis_url is required"),
     ("password_policy:\n  minimum_length: 0\n", "password_policy.minimum_length",
      "greater than or equal to 1"),

@@ -11,12 +11,11 @@ from homeserver.api.federation.auth import parse_xmatrix
 from homeserver.config import FederationConfig
 from homeserver.events.signing import SignatureError, SigningKey, sign_json, verify_json
 from homeserver.handlers.federation.keyring import Keyring
+from homeserver.handlers.federation.names import is_ip_literal, split_server_name
 from homeserver.handlers.federation.transport import (
     FederationClient,
-    is_ip_literal,
     quote_path,
     server_allowed,
-    split_server_name,
     xmatrix_header,
 )
 from homeserver.types import now_ms
@@ -162,14 +161,19 @@ def test_allow_and_deny_lists():
     assert not server_allowed(cfg, "x.corp") and not server_allowed(cfg, "stranger.example")
 
 
-async def test_resolve_plain_http_and_explicit_ports():
+async def test_route_plain_http_and_explicit_ports():
+    from homeserver.handlers.federation.discovery import Route
+
     plain = FederationClient(fake_hs(plain_http=True))
-    assert await plain.resolve("localhost:8123") == "http://localhost:8123"
-    assert await plain.resolve("localhost") == "http://localhost:8008"
+    assert await plain.route("localhost:8123") == "http://localhost:8123"
+    assert await plain.route("localhost") == "http://localhost:8008"
     tls = FederationClient(fake_hs())
-    assert await tls.resolve("example.org:443") == "https://example.org:443"
-    assert await tls.resolve("192.0.2.1") == "https://192.0.2.1:8448"
-    assert await tls.resolve("[::1]") == "https://[::1]:8448"
+    assert await tls.route("example.org:443") == Route("example.org", 443, "example.org",
+                                                       "example.org:443")
+    assert await tls.route("192.0.2.1") == Route("192.0.2.1", 8448, "192.0.2.1", "192.0.2.1")
+    route = await tls.route("[::1]")
+    assert route == Route("::1", 8448, "::1", "[::1]")
+    assert route.base_url == "https://[::1]:8448"
 
 
 async def test_request_refuses_self_and_blocked_destinations():
@@ -240,42 +244,17 @@ async def test_well_known_delegation_is_followed_and_cached(monkeypatch):
         calls.append(host)
         return answers[host]
 
+    async def no_srv(_name):
+        return []
+
     monkeypatch.setattr(client, "_fetch_well_known", fake_fetch)
-    assert await client.resolve("a.example") == "https://deleg.example:1234"
-    assert await client.resolve("b.example") == "https://deleg.example:8448"
-    assert await client.resolve("c.example") == "https://c.example:8448"
-    assert await client.resolve("d.example") == "https://d.example:8448"
-    assert await client.resolve("a.example") == "https://deleg.example:1234"
-    assert calls == ["a.example", "b.example", "c.example", "d.example"]
-
-
-def _self_signed_cert(tmp_path):
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_file, key_file
+    monkeypatch.setattr(client._dns, "srv", no_srv)
+    bases = [(await client.route(name)).base_url
+             for name in ("a.example", "b.example", "c.example", "d.example", "a.example")]
+    assert bases == ["https://deleg.example:1234", "https://deleg.example:8448",
+                     "https://c.example:8448", "https://d.example:8448",
+                     "https://deleg.example:1234"]
+    assert calls == ["a.example", "b.example", "c.example", "d.example"]  # then cached
 
 
 async def test_outbound_tls_verification_uses_configured_trust(tmp_path):
@@ -285,7 +264,9 @@ async def test_outbound_tls_verification_uses_configured_trust(tmp_path):
 
     from homeserver.handlers.federation.transport import DestinationUnreachable
 
-    cert_file, key_file = _self_signed_cert(tmp_path)
+    from tests.tls import self_signed_cert
+
+    cert_file, key_file = self_signed_cert(tmp_path)
     async def keys(_request):
         return web.json_response({"server_name": "tls"})
 
@@ -304,7 +285,8 @@ async def test_outbound_tls_verification_uses_configured_trust(tmp_path):
                "unverified": FederationClient(fake_hs(tls_verify=False)),
                "plain": FederationClient(fake_hs(plain_http=True))}
     try:
-        assert await clients["trusted"].resolve(dest) == f"https://localhost:{port}"
+        route = await clients["trusted"].route(dest)
+        assert route.base_url == f"https://localhost:{port}"
         assert await clients["trusted"].get_server_keys(dest) == {"server_name": "tls"}
         assert await clients["unverified"].get_server_keys(dest) == {"server_name": "tls"}
         for name in ("untrusted", "plain"):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import ipaddress
 import logging
 import ssl
 import time
@@ -20,12 +19,16 @@ from yarl import URL
 
 from homeserver.events.canonical import canonical_json
 from homeserver.events.signing import sign_json
+from homeserver.handlers.federation.discovery import (DnsLookups, DnsResolver, Route,
+                                                      discover)
+from homeserver.handlers.federation.names import split_server_name
 
 log = logging.getLogger(__name__)
 
+# How long a discovered route is kept: an hour when /.well-known answered, ten minutes when it
+# did not (the spec asks for a cache; a server that adds delegation is found within that).
 WELL_KNOWN_TTL = 3600.0
 WELL_KNOWN_FAILURE_TTL = 600.0
-DEFAULT_FEDERATION_PORT = 8448
 DEFAULT_PLAIN_HTTP_PORT = 8008
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 MAX_WELL_KNOWN_BYTES = 64 * 1024
@@ -63,39 +66,6 @@ async def read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)
-
-
-def split_server_name(server_name: str) -> tuple[str, int | None]:
-    """'host[:port]' or '[v6]:port' -> (host, port); ValueError if malformed."""
-    if not isinstance(server_name, str) or not server_name:
-        raise ValueError("empty server name")
-    if server_name.startswith("["):
-        host, sep, rest = server_name.partition("]")
-        host += "]"
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"malformed server name {server_name!r}")
-        port_s = rest[1:] if rest else ""
-    elif server_name.count(":") == 1:
-        host, _, port_s = server_name.partition(":")
-    elif ":" in server_name:
-        raise ValueError(f"malformed server name {server_name!r}")
-    else:
-        host, port_s = server_name, ""
-    if not host or any(c.isspace() or c in "/@#?" for c in host):
-        raise ValueError(f"malformed server name {server_name!r}")
-    if not port_s:
-        return host, None
-    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
-        raise ValueError(f"bad port in server name {server_name!r}")
-    return host, int(port_s)
-
-
-def is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return True
-    except ValueError:
-        return False
 
 
 def server_allowed(fed_config: Any, server_name: str) -> bool:
@@ -140,16 +110,16 @@ def _query_string(query: dict | None) -> str:
 class FederationClient:
     """Signed JSON requests to other homeservers.
 
-    Server discovery follows the spec's steps except SRV records, which are not supported: a
-    name without a port and without `/.well-known/matrix/server` delegation goes to port 8448.
-    With `federation.plain_http` (loopback test setups) every name maps to `http://host:port`.
+    Server discovery follows the spec's steps, SRV records included (discovery.py). With
+    `federation.plain_http` (loopback test setups) every name maps to `http://host:port`.
     """
 
     def __init__(self, hs: Any) -> None:
         self.hs = hs
         self._session: aiohttp.ClientSession | None = None
-        # server name -> (expires at (monotonic), base URL)
-        self._resolved: dict[str, tuple[float, str]] = {}
+        self._dns = DnsLookups(self._fed.dns_servers)
+        # server name -> (expires at (monotonic), route)
+        self._routes: dict[str, tuple[float, Route | str]] = {}
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -167,7 +137,10 @@ class FederationClient:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=200, limit_per_host=20)
+            # With DNS servers of its own, names found in SRV records resolve through them too.
+            resolver = DnsResolver(self._dns) if self._fed.dns_servers else None
+            connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=200, limit_per_host=20,
+                                             resolver=resolver)
             self._session = aiohttp.ClientSession(
                 connector=connector, headers={"User-Agent": "Nexa"}, auto_decompress=True)
         return self._session
@@ -179,30 +152,35 @@ class FederationClient:
 
     # --- discovery -----------------------------------------------------------------------
 
-    async def resolve(self, server_name: str) -> str:
-        """Base URL (scheme://host:port) for a server name."""
-        host, port = split_server_name(server_name)
+    async def route(self, server_name: str) -> Route | str:
+        """Where requests for `server_name` go: a Route, or with `plain_http` a base URL."""
         if self._fed.plain_http:
+            host, port = split_server_name(server_name)
             return f"http://{host}:{port or DEFAULT_PLAIN_HTTP_PORT}"
-        if is_ip_literal(host) or port is not None:
-            return f"https://{host}:{port or DEFAULT_FEDERATION_PORT}"
-        cached = self._resolved.get(server_name)
+        cached = self._routes.get(server_name)
         if cached and cached[0] > time.monotonic():
             return cached[1]
-        delegated = await self._fetch_well_known(host)
-        base = None
-        if delegated:
-            try:
-                d_host, d_port = split_server_name(delegated)
-                base = f"https://{d_host}:{d_port or DEFAULT_FEDERATION_PORT}"
-            except ValueError:
-                log.info("ignoring malformed m.server %r from %s", delegated, host)
-        ttl = WELL_KNOWN_TTL if base else WELL_KNOWN_FAILURE_TTL
-        base = base or f"https://{host}:{DEFAULT_FEDERATION_PORT}"
-        if len(self._resolved) > 10_000:
-            self._resolved.clear()
-        self._resolved[server_name] = (time.monotonic() + ttl, base)
-        return base
+        delegated: list[bool] = []
+
+        async def well_known(host: str) -> str | None:
+            found = await self._fetch_well_known(host)
+            delegated.append(found is not None)
+            return found
+
+        route = await discover(server_name, well_known, self._dns.srv)
+        ttl = WELL_KNOWN_TTL if any(delegated) else WELL_KNOWN_FAILURE_TTL
+        if len(self._routes) > 10_000:
+            self._routes.clear()
+        self._routes[server_name] = (time.monotonic() + ttl, route)
+        return route
+
+    def request_options(self, route: Route | str, path_with_query: str,
+                        headers: dict[str, str]) -> tuple[URL, dict[str, Any]]:
+        """The URL and aiohttp arguments for a request along `route`."""
+        if isinstance(route, str):
+            return URL(route + path_with_query, encoded=True), {"headers": headers}
+        return (URL(route.base_url + path_with_query, encoded=True),
+                route.request_options(headers))
 
     async def _fetch_well_known(self, host: str) -> str | None:
         url = f"https://{host}/.well-known/matrix/server"
@@ -257,7 +235,7 @@ class FederationClient:
         qs = _query_string(query)
         path_with_query = f"{path}?{qs}" if qs else path
         try:
-            base = await self.resolve(destination)
+            route = await self.route(destination)
         except ValueError as e:
             raise DestinationUnreachable(destination, str(e)) from None
         headers = {}
@@ -268,11 +246,11 @@ class FederationClient:
         if sign:
             headers["Authorization"] = self.sign_request(destination, method, path_with_query,
                                                          json)
-        url = URL(base + path_with_query, encoded=True)
+        url, options = self.request_options(route, path_with_query, headers)
         try:
             async with self._get_session().request(
-                    method, url, data=data, headers=headers, allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                    method, url, data=data, allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=timeout), **options) as resp:
                 raw = await read_limited(resp, MAX_RESPONSE_BYTES + 1)
                 status = resp.status
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ssl.SSLError) as e:
