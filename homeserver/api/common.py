@@ -169,6 +169,16 @@ def query_int(name: str, default: int | None = None, *, lo: int = 0, hi: int = 2
     return val
 
 
+def timestamp_query() -> tuple[int, bool]:
+    """/timestamp_to_event's `ts` and `dir` (client and federation): (ts, forward)."""
+    direction = request.args.get("dir")
+    if direction not in ("b", "f"):
+        raise MatrixError(400, "M_INVALID_PARAM", "dir must be b or f")
+    if not request.args.get("ts"):
+        raise MatrixError(400, "M_MISSING_PARAM", "ts is required")
+    return query_int("ts", 0, lo=0, hi=2**53), direction == "f"
+
+
 def query_bool(name: str, default: bool = False) -> bool:
     raw = request.args.get(name)
     if raw is None:

@@ -208,6 +208,23 @@ class MessagesHandler:
             out["prev_batch"] = from_token
         return out
 
+    async def event_at_time(self, requester: Requester, room_id: str, ts: int,
+                            forward: bool) -> dict:
+        """/timestamp_to_event: the event closest to `ts` in the direction asked (the first at
+        or after it, or the last at or before it) among those the user may see."""
+        bound = await self._read_bounds(requester.user_id, room_id)
+        past = None
+        for _ in range(10):  # pages of events the user may not see are skipped
+            rows = await event_store.get_events_by_time(room_id, ts, forward, 50, past)
+            seen = [r for r in rows if bound is None or r.stream_ordering <= bound]
+            for row in await filter_for_user(self.hs, requester.user_id, seen):
+                return {"event_id": row.event_id, "origin_server_ts": row.origin_server_ts}
+            if len(rows) < 50:
+                break
+            past = (rows[-1].origin_server_ts, rows[-1].stream_ordering)
+        raise not_found("No event found " + ("at or after" if forward else "at or before")
+                        + " that time")
+
     async def _member_state(self, room_id: str, senders: set[str], rows: list[EventRow]) -> list:
         newest = max(rows, key=lambda r: r.stream_ordering)
         st = await self.hs.state.state_at(newest, [("m.room.member", s) for s in senders])

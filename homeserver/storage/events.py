@@ -194,6 +194,25 @@ async def get_events(event_ids: Iterable[str]) -> dict[str, EventRow]:
     return out
 
 
+async def get_events_by_time(room_id: str, ts: int, forward: bool, limit: int,
+                             past: tuple[int, int] | None = None) -> list[EventRow]:
+    """Timeline events of a room from `ts` on (forward: origin_server_ts >= ts, oldest first)
+    or back from it (<= ts, newest first), up to `limit`; `past` (origin_server_ts,
+    stream_ordering) continues after the last event of an earlier page."""
+    op, order = (">=", "ASC") if forward else ("<=", "DESC")
+    where = f"room_id = ? AND outlier = ? AND soft_failed = ? AND origin_server_ts {op} ?"
+    values: list[Any] = [room_id, False, False, ts]
+    if past is not None:
+        beyond = ">" if forward else "<"
+        where += (f" AND (origin_server_ts {beyond} ? OR (origin_server_ts = ? AND "
+                  f"stream_ordering {beyond} ?))")
+        values += [past[0], past[0], past[1]]
+    rows = await sql.fetch(
+        f"SELECT {READ_COLUMNS} FROM events WHERE {where} "
+        f"ORDER BY origin_server_ts {order}, stream_ordering {order} LIMIT ?", [*values, limit])
+    return [EventRow.from_db(r) for r in rows]
+
+
 async def get_room_events(
     room_id: str, *, after: int | None = None, before: int | None = None, limit: int,
     newest_first: bool, types: list[str] | None = None, not_types: list[str] | None = None,

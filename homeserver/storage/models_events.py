@@ -30,7 +30,9 @@ class Event(Model):
 
     class Meta:
         table = "events"
-        indexes = (("room_id", "stream_ordering"), ("room_id", "type", "state_key"))
+        # (room_id, origin_server_ts): /timestamp_to_event, jumping to a date.
+        indexes = (("room_id", "stream_ordering"), ("room_id", "type", "state_key"),
+                   ("room_id", "origin_server_ts"))
 
 
 class EventEdge(Model):

@@ -1,10 +1,11 @@
-"""/relations (mounted under /_matrix/client/v1 only): events that relate to one event."""
+"""Endpoints mounted under /_matrix/client/v1 only: /relations (events that relate to one
+event) and /timestamp_to_event (jumping to a date)."""
 
 from __future__ import annotations
 
 from quart import Blueprint, request
 
-from homeserver.api.common import authed, hs, query_int, respond
+from homeserver.api.common import authed, hs, query_int, respond, timestamp_query
 from homeserver.errors import MatrixError
 
 bp = Blueprint("relations", __name__)
@@ -24,3 +25,10 @@ async def relations(requester, room_id, event_id, rel_type, event_type):
     return respond(await hs().messages.relations(
         requester, room_id, event_id, rel_type, event_type, request.args.get("from"),
         request.args.get("to"), direction, min(limit, 1000)))
+
+
+@bp.route("/rooms/<room_id>/timestamp_to_event", methods=["GET"])
+@authed
+async def timestamp_to_event(requester, room_id):
+    ts, forward = timestamp_query()
+    return respond(await hs().messages.event_at_time(requester, room_id, ts, forward))

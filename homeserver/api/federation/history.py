@@ -1,10 +1,11 @@
-"""Room history for other servers: events, state, auth chains, backfill, missing events."""
+"""Room history for other servers: events, state, auth chains, backfill, missing events,
+the event at a time."""
 
 from __future__ import annotations
 
 from quart import Blueprint, request
 
-from homeserver.api.common import hs, json_object, query_int, respond
+from homeserver.api.common import hs, json_object, query_int, respond, timestamp_query
 from homeserver.api.federation.auth import federation_authed
 from homeserver.errors import MatrixError
 
@@ -58,3 +59,10 @@ async def backfill(origin, room_id):
 async def get_missing_events(origin, room_id):
     body = await json_object()
     return respond(await hs().fed_history.get_missing_events(origin, room_id, body))
+
+
+@bp.route(f"{V1}/timestamp_to_event/<room_id>", methods=["GET"])
+@federation_authed
+async def timestamp_to_event(origin, room_id):
+    ts, forward = timestamp_query()
+    return respond(await hs().fed_history.event_at_time(origin, room_id, ts, forward))

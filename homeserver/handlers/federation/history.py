@@ -1,11 +1,12 @@
-"""Serving room history to other servers: /event, /state(_ids), /event_auth, /backfill and
-/get_missing_events — only to servers that have a member in the room."""
+"""Serving room history to other servers: /event, /state(_ids), /event_auth, /backfill,
+/get_missing_events and /timestamp_to_event — only to servers that have a member in the room."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from homeserver.errors import MatrixError, forbidden, not_found
+from homeserver.storage import events as event_store
 from homeserver.storage.events import EventRow
 from homeserver.types import now_ms, server_of
 
@@ -49,6 +50,16 @@ class FederationHistory:
             raise not_found("Unknown event")
         await self._check_server_in_room(origin, row.room_id)
         return self._envelope([row.pdu_for_federation()])
+
+    async def event_at_time(self, origin: str, room_id: str, ts: int, forward: bool
+                            ) -> dict[str, Any]:
+        """The event closest to `ts` in the direction asked (timeline events only)."""
+        await self._check_server_in_room(origin, room_id)
+        rows = await event_store.get_events_by_time(room_id, ts, forward, 1)
+        if not rows:
+            raise not_found("No event found " + ("at or after" if forward else "at or before")
+                            + " that time")
+        return {"event_id": rows[0].event_id, "origin_server_ts": rows[0].origin_server_ts}
 
     async def _auth_chain(self, event_ids: set[str]) -> list[EventRow]:
         chain = await self.hs.receiver.resolver.load_auth_chains(event_ids)
