@@ -49,6 +49,7 @@ class HomeServer:
         from homeserver.handlers.filters import FilterHandler
         from homeserver.handlers.media import MediaHandler
         from homeserver.handlers.messages import MessagesHandler
+        from homeserver.handlers.threads import ThreadsHandler
         from homeserver.handlers.notifications import NotificationHandler
         from homeserver.handlers.presence import PresenceHandler
         from homeserver.handlers.profile import ProfileHandler
@@ -85,6 +86,7 @@ class HomeServer:
         self.accounts = AccountHandler(self)
         self.rooms = RoomHandler(self)
         self.messages = MessagesHandler(self)
+        self.threads = ThreadsHandler(self)
         self.sync = SyncHandler(self)
         self.typing = TypingHandler(self)
         self.receipts = ReceiptsHandler(self)

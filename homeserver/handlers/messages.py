@@ -1,4 +1,5 @@
-"""Sending and reading room events: send, redact, /event, /context, /messages, /relations."""
+"""Sending and reading room events: send, redact, /event, /context, /messages, /relations,
+/timestamp_to_event."""
 
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ class MessagesHandler:
 
     # --- reading ---------------------------------------------------------------------------
 
-    async def _read_bounds(self, user_id: str, room_id: str) -> int | None:
+    async def read_bounds(self, user_id: str, room_id: str) -> int | None:
         """Upper stream bound of what the user may read (None = up to now); raises if none."""
         await self.hs.rooms._require_room(room_id)
         m = await state_store.get_membership(room_id, user_id)
@@ -114,7 +115,7 @@ class MessagesHandler:
         return row
 
     async def get_event(self, requester: Requester, room_id: str, event_id: str) -> dict:
-        bound = await self._read_bounds(requester.user_id, room_id)
+        bound = await self.read_bounds(requester.user_id, room_id)
         row = await self._timeline_event(room_id, event_id, bound)
         visible = await filter_for_user(self.hs, requester.user_id, [row])
         if not visible:
@@ -123,7 +124,7 @@ class MessagesHandler:
 
     async def paginate(self, requester: Requester, room_id: str, from_token: str | None,
                        to_token: str | None, direction: str, limit: int, flt: Any) -> dict:
-        bound = await self._read_bounds(requester.user_id, room_id)
+        bound = await self.read_bounds(requester.user_id, room_id)
         backwards = direction == "b"
         start, stop = self._range(bound, from_token, to_token, backwards)
         fetch = functools.partial(
@@ -190,7 +191,7 @@ class MessagesHandler:
                         rel_type: str | None, event_type: str | None, from_token: str | None,
                         to_token: str | None, direction: str, limit: int) -> dict:
         """/relations: the events relating to one the user may see, newest first by default."""
-        bound = await self._read_bounds(requester.user_id, room_id)
+        bound = await self.read_bounds(requester.user_id, room_id)
         parent = await self._timeline_event(room_id, event_id, bound)
         if not await filter_for_user(self.hs, requester.user_id, [parent]):
             raise not_found("Event not found")
@@ -212,7 +213,7 @@ class MessagesHandler:
                             forward: bool) -> dict:
         """/timestamp_to_event: the event closest to `ts` in the direction asked (the first at
         or after it, or the last at or before it) among those the user may see."""
-        bound = await self._read_bounds(requester.user_id, room_id)
+        bound = await self.read_bounds(requester.user_id, room_id)
         past = None
         for _ in range(10):  # pages of events the user may not see are skipped
             rows = await event_store.get_events_by_time(room_id, ts, forward, 50, past)
@@ -232,7 +233,7 @@ class MessagesHandler:
 
     async def context(self, requester: Requester, room_id: str, event_id: str, limit: int,
                       flt: Any) -> dict:
-        bound = await self._read_bounds(requester.user_id, room_id)
+        bound = await self.read_bounds(requester.user_id, room_id)
         row = await self._timeline_event(room_id, event_id, bound)
         if not await filter_for_user(self.hs, requester.user_id, [row]):
             raise not_found("Event not found")

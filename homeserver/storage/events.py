@@ -332,3 +332,44 @@ async def get_relation_events(
         [*values, limit],
     )
     return [EventRow.from_db(r) for r in rows]
+
+
+async def get_threads(room_id: str, user_id: str, *, before: int | None, bound: int | None,
+                      participated_only: bool, limit: int) -> list[dict[str, Any]]:
+    """A room's threads, most recently active first: {root, latest (stream ordering of the
+    newest reply), count (replies), mine (1 if `user_id` started or replied to it)}.
+    `before`: only threads whose newest reply is older (pagination); `bound`: replies up to
+    it only; `participated_only`: only the threads that are `mine`."""
+    where = ["r.room_id = ?", "r.rel_type = ?", "e.outlier = ?", "e.soft_failed = ?",
+             "e.redacted_by IS NULL"]
+    values: list[Any] = [room_id, "m.thread", False, False]
+    if bound is not None:
+        where.append("e.stream_ordering <= ?")
+        values.append(bound)
+    mine = ("MAX(CASE WHEN e.sender = ? OR root.sender = ? THEN 1 ELSE 0 END)")
+    having, having_values = [], []
+    if before is not None:
+        having.append("MAX(e.stream_ordering) < ?")
+        having_values.append(before)
+    if participated_only:
+        having.append(f"{mine} = 1")
+        having_values += [user_id, user_id]
+    return await sql.fetch(
+        f"SELECT r.relates_to_id AS root, MAX(e.stream_ordering) AS latest, "
+        f"COUNT(*) AS count, {mine} AS mine "
+        "FROM event_relations r JOIN events e ON e.event_id = r.event_id "
+        "JOIN events root ON root.event_id = r.relates_to_id AND root.room_id = r.room_id "
+        f"WHERE {' AND '.join(where)} GROUP BY r.relates_to_id "
+        + (f"HAVING {' AND '.join(having)} " if having else "")
+        + "ORDER BY latest DESC LIMIT ?",
+        [user_id, user_id, *values, *having_values, limit])
+
+
+async def event_ids_at(orderings: list[int]) -> dict[int, str]:
+    """stream ordering -> event ID."""
+    if not orderings:
+        return {}
+    rows = await sql.fetch(
+        f"SELECT stream_ordering, event_id FROM events WHERE stream_ordering IN "
+        f"({sql.placeholders(len(orderings))})", orderings)
+    return {r["stream_ordering"]: r["event_id"] for r in rows}

@@ -83,3 +83,5 @@ class EventRelation(Model):
 
     class Meta:
         table = "event_relations"
+        # A room's threads (/threads).
+        indexes = (("room_id", "rel_type"),)

@@ -45,15 +45,16 @@ async def _check_upgrade(url: str) -> None:
         # New tables exist and work.
         await sql.execute("INSERT INTO federation_destinations (destination, retry_at_ts, "
                           "backoff_ms) VALUES (?,?,?)", ["other:1", 0, 0])
-        # 0010: events by room and time (/timestamp_to_event).
-        if url.startswith("sqlite"):
-            indexes = await sql.fetch("SELECT sql AS d FROM sqlite_master WHERE type = 'index' "
-                                      "AND tbl_name = 'events' AND sql IS NOT NULL")
-        else:
-            indexes = await sql.fetch("SELECT indexdef AS d FROM pg_indexes "
-                                      "WHERE tablename = 'events'")
-        assert any('"room_id", "origin_server_ts"' in r["d"].replace("'", '"')
-                   or "room_id, origin_server_ts" in r["d"] for r in indexes), indexes
+        # 0010: events by room and time (/timestamp_to_event); 0011: a room's threads.
+        for table, columns in (("events", "room_id, origin_server_ts"),
+                               ("event_relations", "room_id, rel_type")):
+            if url.startswith("sqlite"):
+                indexes = await sql.fetch("SELECT sql AS d FROM sqlite_master WHERE type = "
+                                          "'index' AND tbl_name = ? AND sql IS NOT NULL", [table])
+            else:
+                indexes = await sql.fetch("SELECT indexdef AS d FROM pg_indexes "
+                                          "WHERE tablename = ?", [table])
+            assert any(columns in r["d"].replace('"', "") for r in indexes), (table, indexes)
         await sql.execute("INSERT INTO notification_counts (user_id, room_id, "
                           "notification_count, highlight_count, reset_ordering, last_ordering) "
                           "VALUES (?,?,?,?,?,?)", ["@old:hs", "!r:hs", 1, 0, 0, 1])

@@ -1,5 +1,5 @@
 """Endpoints mounted under /_matrix/client/v1 only: /relations (events that relate to one
-event) and /timestamp_to_event (jumping to a date)."""
+event), /threads (a room's threads) and /timestamp_to_event (jumping to a date)."""
 
 from __future__ import annotations
 
@@ -32,3 +32,14 @@ async def relations(requester, room_id, event_id, rel_type, event_type):
 async def timestamp_to_event(requester, room_id):
     ts, forward = timestamp_query()
     return respond(await hs().messages.event_at_time(requester, room_id, ts, forward))
+
+
+@bp.route("/rooms/<room_id>/threads", methods=["GET"])
+@authed
+async def threads(requester, room_id):
+    include = request.args.get("include", "all")
+    if include not in ("all", "participated"):
+        raise MatrixError(400, "M_INVALID_PARAM", "include must be all or participated")
+    limit = query_int("limit", 20, lo=1, hi=10_000)
+    return respond(await hs().threads.list(requester, room_id, include == "participated",
+                                           request.args.get("from"), min(limit, 100)))

@@ -1,0 +1,93 @@
+"""Threads: the list of a room's threads (`/rooms/{roomId}/threads`), each root with its
+thread summary bundled (`unsigned["m.relations"]["m.thread"]`: the latest reply, the number
+of replies, whether the reader took part)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from homeserver.errors import MatrixError
+from homeserver.handlers.auth import Requester
+from homeserver.handlers.visibility import filter_for_user, format_events
+from homeserver.storage import events as event_store
+
+if TYPE_CHECKING:
+    from homeserver.server import HomeServer
+
+MAX_LIMIT = 100
+
+
+class ThreadsHandler:
+    def __init__(self, hs: HomeServer) -> None:
+        self.hs = hs
+
+    async def list(self, requester: Requester, room_id: str, participated_only: bool,
+                   from_token: str | None, limit: int) -> dict[str, Any]:
+        user_id = requester.user_id
+        bound = await self.hs.messages.read_bounds(user_id, room_id)
+        before = _parse_token(from_token)
+        chunk: list[dict[str, Any]] = []
+        next_before: int | None = None
+        for _ in range(5):  # pages whose roots the reader may not see are skipped
+            want = min(limit - len(chunk), MAX_LIMIT)
+            threads = await event_store.get_threads(
+                room_id, user_id, before=before, bound=bound,
+                participated_only=participated_only, limit=want + 1)
+            more = len(threads) > want
+            threads = threads[:want]
+            chunk += await self._summaries(requester, threads)
+            if not threads:
+                break
+            before = threads[-1]["latest"]
+            if not more:
+                next_before = None
+                break
+            next_before = before
+            if len(chunk) >= limit:
+                break
+        out: dict[str, Any] = {"chunk": chunk}
+        if next_before is not None:
+            out["next_batch"] = str(next_before)
+        return out
+
+    async def _summaries(self, requester: Requester, threads: list[dict[str, Any]]
+                         ) -> list[dict[str, Any]]:
+        """The visible roots, formatted, each with its thread summary."""
+        hs = self.hs
+        latest_ids = await event_store.event_ids_at([t["latest"] for t in threads])
+        rows = await hs.state.get_events([t["root"] for t in threads] + list(latest_ids.values()))
+        roots = await filter_for_user(hs, requester.user_id,
+                                      [rows[t["root"]] for t in threads if t["root"] in rows])
+        latest_rows = await filter_for_user(hs, requester.user_id, [
+            rows[e] for e in latest_ids.values() if e in rows])
+        latest = dict(zip((r.event_id for r in latest_rows),
+                          await format_events(hs, latest_rows, requester.user_id,
+                                              requester.device_id)))
+        formatted = dict(zip((r.event_id for r in roots), await format_events(
+            hs, roots, requester.user_id, requester.device_id)))
+        out = []
+        for t in threads:
+            event = formatted.get(t["root"])
+            if event is None:
+                continue
+            summary: dict[str, Any] = {"count": t["count"],
+                                       "current_user_participated": bool(t["mine"])}
+            reply = latest.get(latest_ids.get(t["latest"], ""))
+            if reply is not None:
+                summary["latest_event"] = reply
+            unsigned = event.setdefault("unsigned", {})
+            unsigned.setdefault("m.relations", {})["m.thread"] = summary
+            out.append(event)
+        return out
+
+
+def _parse_token(token: str | None) -> int | None:
+    if token is None:
+        return None
+    try:
+        value = int(token)
+    except ValueError:
+        raise MatrixError(400, "M_INVALID_PARAM", "Unknown pagination token") from None
+    if value < 0:
+        raise MatrixError(400, "M_INVALID_PARAM", "Unknown pagination token")
+    return value
