@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from functools import lru_cache
 from typing import Any
+
+from homeserver.types import is_ip_literal
 
 
 @lru_cache(maxsize=1024)
@@ -21,20 +22,12 @@ def _host(server_name: str) -> str:
     return server_name.rsplit(":", 1)[0] if server_name.count(":") == 1 else server_name
 
 
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return True
-    except ValueError:
-        return False
-
-
 def server_allowed_by_acl(content: Any, server_name: str) -> bool:
     """The spec's check: IP literals, then deny globs, then allow globs (port ignored)."""
     if not isinstance(content, dict):
         return True
     host = _host(server_name)
-    if content.get("allow_ip_literals", True) is False and _is_ip_literal(host):
+    if content.get("allow_ip_literals", True) is False and is_ip_literal(host):
         return False
     deny = [p for p in content.get("deny", []) if isinstance(p, str)] \
         if isinstance(content.get("deny"), list) else []

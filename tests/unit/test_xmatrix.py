@@ -11,7 +11,7 @@ from homeserver.api.federation.auth import parse_xmatrix
 from homeserver.config import FederationConfig
 from homeserver.events.signing import SignatureError, SigningKey, sign_json, verify_json
 from homeserver.handlers.federation.keyring import Keyring
-from homeserver.handlers.federation.names import is_ip_literal, split_server_name
+from homeserver.types import is_ip_literal, split_server_name
 from homeserver.handlers.federation.transport import (
     FederationClient,
     quote_path,

@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import aiohttp.abc
 
-from homeserver.handlers.federation.names import is_ip_literal, split_server_name
+from homeserver.types import is_ip_literal, split_server_name
 
 log = logging.getLogger(__name__)
 

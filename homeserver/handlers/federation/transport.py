@@ -21,7 +21,7 @@ from homeserver.events.canonical import canonical_json
 from homeserver.events.signing import sign_json
 from homeserver.handlers.federation.discovery import (DnsLookups, DnsResolver, Route,
                                                       discover)
-from homeserver.handlers.federation.names import split_server_name
+from homeserver.types import split_server_name
 
 log = logging.getLogger(__name__)
 
