@@ -49,6 +49,7 @@ class HomeServer:
         from homeserver.handlers.filters import FilterHandler
         from homeserver.handlers.media import MediaHandler
         from homeserver.handlers.messages import MessagesHandler
+        from homeserver.handlers.spaces import SpacesHandler
         from homeserver.handlers.threads import ThreadsHandler
         from homeserver.handlers.notifications import NotificationHandler
         from homeserver.handlers.presence import PresenceHandler
@@ -87,6 +88,7 @@ class HomeServer:
         self.rooms = RoomHandler(self)
         self.messages = MessagesHandler(self)
         self.threads = ThreadsHandler(self)
+        self.spaces = SpacesHandler(self)
         self.sync = SyncHandler(self)
         self.typing = TypingHandler(self)
         self.receipts = ReceiptsHandler(self)

@@ -115,6 +115,12 @@ async def shared_room_counts(user_id: str) -> dict[str, int]:
     return {r["uid"]: r["n"] for r in rows}
 
 
+async def joined_count(room_id: str) -> int:
+    rows = await sql.fetch("SELECT COUNT(*) AS n FROM room_memberships WHERE room_id = ? AND "
+                           "membership = ?", [room_id, "join"])
+    return int(rows[0]["n"]) if rows else 0
+
+
 async def set_forgotten(room_id: str, user_id: str) -> None:
     await sql.execute(
         "UPDATE room_memberships SET forgotten = ? WHERE room_id = ? AND user_id = ?",

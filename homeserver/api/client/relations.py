@@ -1,12 +1,14 @@
 """Endpoints mounted under /_matrix/client/v1 only: /relations (events that relate to one
-event), /threads (a room's threads) and /timestamp_to_event (jumping to a date)."""
+event), /threads (a room's threads), /hierarchy (a space's rooms) and /timestamp_to_event
+(jumping to a date)."""
 
 from __future__ import annotations
 
 from quart import Blueprint, request
 
-from homeserver.api.common import authed, hs, query_int, respond, timestamp_query
+from homeserver.api.common import authed, hs, query_bool, query_int, respond, timestamp_query
 from homeserver.errors import MatrixError
+from homeserver.handlers import spaces
 
 bp = Blueprint("relations", __name__)
 
@@ -43,3 +45,13 @@ async def threads(requester, room_id):
     limit = query_int("limit", 20, lo=1, hi=10_000)
     return respond(await hs().threads.list(requester, room_id, include == "participated",
                                            request.args.get("from"), min(limit, 100)))
+
+
+@bp.route("/rooms/<room_id>/hierarchy", methods=["GET"])
+@authed
+async def hierarchy(requester, room_id):
+    limit = query_int("limit", spaces.DEFAULT_LIMIT, lo=1, hi=10_000)
+    max_depth = query_int("max_depth", spaces.MAX_DEPTH, lo=0, hi=10_000)
+    return respond(await hs().spaces.hierarchy(
+        requester, room_id, query_bool("suggested_only"), min(limit, spaces.MAX_LIMIT),
+        min(max_depth, spaces.MAX_DEPTH), request.args.get("from")))
