@@ -120,7 +120,13 @@ class MessagesHandler:
         visible = await filter_for_user(self.hs, requester.user_id, [row])
         if not visible:
             raise not_found("Event not found")
-        return (await format_events(self.hs, visible, requester.user_id, requester.device_id))[0]
+        return (await self._client_events(requester, visible, bound))[0]
+
+    async def _client_events(self, requester: Requester, rows: list[EventRow],
+                             bound: int | None) -> list[dict[str, Any]]:
+        """Timeline events as clients get them: thread roots with their thread summary."""
+        events = await format_events(self.hs, rows, requester.user_id, requester.device_id)
+        return await self.hs.threads.bundle(requester, events, bound)
 
     async def paginate(self, requester: Requester, room_id: str, from_token: str | None,
                        to_token: str | None, direction: str, limit: int, flt: Any) -> dict:
@@ -135,7 +141,7 @@ class MessagesHandler:
                                                     backwards, limit, backfill_room=room_id)
         out: dict[str, Any] = {
             "start": from_token or pagination_token(start),
-            "chunk": await format_events(self.hs, chunk, requester.user_id, requester.device_id),
+            "chunk": await self._client_events(requester, chunk, bound),
         }
         if not exhausted:
             out["end"] = pagination_token(pos)
@@ -245,7 +251,7 @@ class MessagesHandler:
                                                   limit=half_after, newest_first=False)
         before = await filter_for_user(self.hs, requester.user_id, before)
         after = await filter_for_user(self.hs, requester.user_id, after)
-        fmt = lambda rows: format_events(self.hs, rows, requester.user_id, requester.device_id)  # noqa: E731
+        events = await self._client_events(requester, [*before, row, *after], bound)
         last = after[-1] if after else row
         if getattr(flt, "lazy_load_members", False):
             senders = {r.sender for r in [*before, row, *after]}
@@ -253,9 +259,9 @@ class MessagesHandler:
         else:
             state = await format_events(self.hs, (await self.hs.state.state_at(last)).values())
         return {
-            "event": (await fmt([row]))[0],
-            "events_before": await fmt(before),
-            "events_after": await fmt(after),
+            "event": events[len(before)],
+            "events_before": events[:len(before)],
+            "events_after": events[len(before) + 1:],
             "start": pagination_token((before[-1].stream_ordering if before else row.stream_ordering) - 1),
             "end": pagination_token(after[-1].stream_ordering if after else row.stream_ordering),
             "state": state,

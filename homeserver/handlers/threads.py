@@ -1,6 +1,6 @@
-"""Threads: the list of a room's threads (`/rooms/{roomId}/threads`), each root with its
-thread summary bundled (`unsigned["m.relations"]["m.thread"]`: the latest reply, the number
-of replies, whether the reader took part)."""
+"""Threads: the list of a room's threads (`/rooms/{roomId}/threads`), and the thread summary
+bundled with a thread's root (`unsigned["m.relations"]["m.thread"]`: the latest reply, the
+number of replies, whether the reader took part) there and on the read paths."""
 
 from __future__ import annotations
 
@@ -54,31 +54,45 @@ class ThreadsHandler:
                          ) -> list[dict[str, Any]]:
         """The visible roots, formatted, each with its thread summary."""
         hs = self.hs
-        latest_ids = await event_store.event_ids_at([t["latest"] for t in threads])
-        rows = await hs.state.get_events([t["root"] for t in threads] + list(latest_ids.values()))
+        rows = await hs.state.get_events(t["root"] for t in threads)
         roots = await filter_for_user(hs, requester.user_id,
                                       [rows[t["root"]] for t in threads if t["root"] in rows])
-        latest_rows = await filter_for_user(hs, requester.user_id, [
-            rows[e] for e in latest_ids.values() if e in rows])
-        latest = dict(zip((r.event_id for r in latest_rows),
-                          await format_events(hs, latest_rows, requester.user_id,
-                                              requester.device_id)))
-        formatted = dict(zip((r.event_id for r in roots), await format_events(
-            hs, roots, requester.user_id, requester.device_id)))
-        out = []
-        for t in threads:
-            event = formatted.get(t["root"])
-            if event is None:
-                continue
-            summary: dict[str, Any] = {"count": t["count"],
-                                       "current_user_participated": bool(t["mine"])}
-            reply = latest.get(latest_ids.get(t["latest"], ""))
-            if reply is not None:
-                summary["latest_event"] = reply
-            unsigned = event.setdefault("unsigned", {})
-            unsigned.setdefault("m.relations", {})["m.thread"] = summary
-            out.append(event)
-        return out
+        events = await format_events(hs, roots, requester.user_id, requester.device_id)
+        await _attach(hs, requester, events, threads)
+        return events
+
+    async def bundle(self, requester: Requester, events: list[dict[str, Any]],
+                     bound: int | None) -> list[dict[str, Any]]:
+        """Formatted events, those that are thread roots given their thread summary (the
+        read paths: /messages, /context, /event). One query for all of them."""
+        if events:
+            threads = await event_store.get_thread_summaries(
+                [e["event_id"] for e in events], requester.user_id, bound)
+            if threads:
+                await _attach(self.hs, requester, events, threads)
+        return events
+
+
+async def _attach(hs: HomeServer, requester: Requester, events: list[dict[str, Any]],
+                  threads: list[dict[str, Any]]) -> None:
+    """unsigned["m.relations"]["m.thread"] = {latest_event, count, current_user_participated}
+    on each event that is one of these threads' root."""
+    by_root = {t["root"]: t for t in threads}
+    latest_ids = await event_store.event_ids_at([t["latest"] for t in threads])
+    rows = await hs.state.get_events(latest_ids.values())
+    visible = await filter_for_user(hs, requester.user_id, list(rows.values()))
+    latest = dict(zip((r.event_id for r in visible), await format_events(
+        hs, visible, requester.user_id, requester.device_id)))
+    for event in events:
+        t = by_root.get(event["event_id"])
+        if t is None:
+            continue
+        summary: dict[str, Any] = {"count": t["count"],
+                                   "current_user_participated": bool(t["mine"])}
+        reply = latest.get(latest_ids.get(t["latest"], ""))
+        if reply is not None:
+            summary["latest_event"] = reply
+        event.setdefault("unsigned", {}).setdefault("m.relations", {})["m.thread"] = summary
 
 
 def _parse_token(token: str | None) -> int | None:

@@ -334,35 +334,58 @@ async def get_relation_events(
     return [EventRow.from_db(r) for r in rows]
 
 
-async def get_threads(room_id: str, user_id: str, *, before: int | None, bound: int | None,
-                      participated_only: bool, limit: int) -> list[dict[str, Any]]:
-    """A room's threads, most recently active first: {root, latest (stream ordering of the
-    newest reply), count (replies), mine (1 if `user_id` started or replied to it)}.
-    `before`: only threads whose newest reply is older (pagination); `bound`: replies up to
-    it only; `participated_only`: only the threads that are `mine`."""
-    where = ["r.room_id = ?", "r.rel_type = ?", "e.outlier = ?", "e.soft_failed = ?",
+# 1 when the user started the thread or replied in it (two parameters: the user, twice).
+_MINE = "MAX(CASE WHEN e.sender = ? OR root.sender = ? THEN 1 ELSE 0 END)"
+
+
+def _thread_query(user_id: str, where: list[str], values: list[Any], bound: int | None,
+                  having: list[str], having_values: list[Any]) -> tuple[str, list[Any]]:
+    """Threads grouped by root: {root, latest (stream ordering of the newest reply), count
+    (replies), mine (1 if `user_id` started or replied to it)}; redacted, soft-failed and
+    (past `bound`) later replies left out."""
+    where = [*where, "r.rel_type = ?", "e.outlier = ?", "e.soft_failed = ?",
              "e.redacted_by IS NULL"]
-    values: list[Any] = [room_id, "m.thread", False, False]
+    values = [*values, "m.thread", False, False]
     if bound is not None:
         where.append("e.stream_ordering <= ?")
         values.append(bound)
-    mine = ("MAX(CASE WHEN e.sender = ? OR root.sender = ? THEN 1 ELSE 0 END)")
+    return (
+        f"SELECT r.relates_to_id AS root, MAX(e.stream_ordering) AS latest, "
+        f"COUNT(*) AS count, {_MINE} AS mine "
+        "FROM event_relations r JOIN events e ON e.event_id = r.event_id "
+        "JOIN events root ON root.event_id = r.relates_to_id AND root.room_id = r.room_id "
+        f"WHERE {' AND '.join(where)} GROUP BY r.relates_to_id "
+        + (f"HAVING {' AND '.join(having)} " if having else ""),
+        [user_id, user_id, *values, *having_values])
+
+
+async def get_threads(room_id: str, user_id: str, *, before: int | None, bound: int | None,
+                      participated_only: bool, limit: int) -> list[dict[str, Any]]:
+    """A room's threads (see _thread_query), most recently active first. `before`: only
+    threads whose newest reply is older (pagination); `participated_only`: only `mine`."""
     having, having_values = [], []
     if before is not None:
         having.append("MAX(e.stream_ordering) < ?")
         having_values.append(before)
     if participated_only:
-        having.append(f"{mine} = 1")
+        having.append(f"{_MINE} = 1")
         having_values += [user_id, user_id]
-    return await sql.fetch(
-        f"SELECT r.relates_to_id AS root, MAX(e.stream_ordering) AS latest, "
-        f"COUNT(*) AS count, {mine} AS mine "
-        "FROM event_relations r JOIN events e ON e.event_id = r.event_id "
-        "JOIN events root ON root.event_id = r.relates_to_id AND root.room_id = r.room_id "
-        f"WHERE {' AND '.join(where)} GROUP BY r.relates_to_id "
-        + (f"HAVING {' AND '.join(having)} " if having else "")
-        + "ORDER BY latest DESC LIMIT ?",
-        [user_id, user_id, *values, *having_values, limit])
+    query, values = _thread_query(user_id, ["r.room_id = ?"], [room_id], bound, having,
+                                  having_values)
+    return await sql.fetch(query + "ORDER BY latest DESC LIMIT ?", [*values, limit])
+
+
+async def get_thread_summaries(root_ids: list[str], user_id: str, bound: int | None
+                               ) -> list[dict[str, Any]]:
+    """The threads (see _thread_query) of those of these events that are thread roots."""
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(root_ids), 500):
+        chunk = root_ids[i:i + 500]
+        query, values = _thread_query(
+            user_id, [f"r.relates_to_id IN ({sql.placeholders(len(chunk))})"], chunk, bound,
+            [], [])
+        out += await sql.fetch(query, values)
+    return out
 
 
 async def event_ids_at(orderings: list[int]) -> dict[int, str]:

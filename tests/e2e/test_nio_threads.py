@@ -77,3 +77,35 @@ async def test_thread_list_bad_requests(nio_user):
     ]:
         got, body = await _threads(client, room_id, **params)
         assert (got, body.get("errcode")) == (status, errcode), (params, body)
+
+
+async def test_thread_summary_on_roots_in_messages_context_and_event(nio_user):
+    from tests.e2e.nio_helpers import raw
+
+    alice, bob = await nio_user("alice"), await nio_user("bob")
+    room_id = await shared_room(alice, bob)
+    root = await send_text(alice, room_id, "plans for friday")
+    plain = await send_text(alice, room_id, "unrelated")
+    await _reply(bob, room_id, root, "cinema?")
+    last = await _reply(alice, room_id, root, "yes, 8pm")
+
+    def summary_of(event: dict) -> dict | None:
+        return (event.get("unsigned") or {}).get("m.relations", {}).get("m.thread")
+
+    page = ok(await bob.room_messages(room_id, start="", limit=50,
+                                      direction=nio.MessageDirection.front),
+              nio.RoomMessagesResponse)
+    by_id = {e.event_id: e.source for e in page.chunk}
+    s = summary_of(by_id[root])
+    assert (s["count"], s["current_user_participated"], s["latest_event"]["event_id"]) == (
+        2, True, last)
+    assert summary_of(by_id[plain]) is None
+    assert summary_of(by_id[last]) is None  # a reply is not a root
+
+    status, event = await raw(bob, "GET", f"/rooms/{room_id}/event/{root}")
+    assert status == 200 and summary_of(event)["count"] == 2
+    status, ctx = await raw(bob, "GET", f"/rooms/{room_id}/context/{plain}",
+                            params={"limit": "4"})
+    assert status == 200
+    assert [summary_of(e) is not None for e in ctx["events_before"]][0] is True  # the root
+    assert summary_of(ctx["event"]) is None
