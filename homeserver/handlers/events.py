@@ -365,6 +365,10 @@ class EventHandler:
         key = (pdu["type"], state_key) if state_key is not None else None
         stored = dict(pdu)
         stored.pop("unsigned", None)
+        summary = (pdu.get("unsigned") or {}).get("invite_room_state") if outlier else None
+        if isinstance(summary, list):
+            # A remote invite or knock: the room's summary its server sent, all we know of it.
+            stored["unsigned"] = {"invite_room_state": summary}
         if key is not None and key in state_before:
             prev_state = await hs.state.get_event(state_before[key])
             if prev_state is not None:
