@@ -160,7 +160,8 @@ class SyncHandler:
 
     @staticmethod
     def _empty(token: StreamToken) -> dict[str, Any]:
-        return {"next_batch": token.serialize(), "rooms": {"join": {}, "invite": {}, "leave": {}},
+        return {"next_batch": token.serialize(),
+                "rooms": {"join": {}, "invite": {}, "leave": {}, "knock": {}},
                 "presence": {"events": []}, "account_data": {"events": []},
                 "to_device": {"events": []}, "device_lists": {"changed": [], "left": []}}
 
@@ -168,7 +169,8 @@ class SyncHandler:
     def _has_content(res: dict[str, Any]) -> bool:
         r = res["rooms"]
         dl = res.get("device_lists") or {}
-        return bool(r["join"] or r["invite"] or r["leave"] or res["presence"]["events"]
+        return bool(r["join"] or r["invite"] or r["leave"] or r["knock"]
+                    or res["presence"]["events"]
                     or res["account_data"]["events"] or (res.get("to_device") or {}).get("events")
                     or dl.get("changed") or dl.get("left"))
 
@@ -199,6 +201,7 @@ class SyncHandler:
         join: dict[str, Any] = {}
         invite: dict[str, Any] = {}
         leave: dict[str, Any] = {}
+        knock: dict[str, Any] = {}
         include_leave = bool(fget(flt, "room", "include_leave", default=False))
         room_filter = fget(flt, "room", "rooms")
         not_rooms = fget(flt, "room", "not_rooms") or []
@@ -222,6 +225,10 @@ class SyncHandler:
             elif membership == "invite" and changed_since:
                 inv = await hs.state.get_event(m["event_id"])
                 invite[room_id] = {"invite_state": {"events": await hs.rooms.invite_state(room_id, inv)}}
+            elif membership == "knock" and changed_since:
+                own = await hs.state.get_event(m["event_id"])
+                knock[room_id] = {"knock_state": {"events": await hs.rooms.invite_state(
+                    room_id, own)}}
             elif membership in ("leave", "ban") and (
                     (since is not None and changed_since) or (since is None and include_leave)):
                 leave[room_id] = await self._left_room(requester, room_id, since, m, flt)
@@ -235,7 +242,7 @@ class SyncHandler:
             user_id, since.presence if since else None, now.presence)
         out = {
             "next_batch": now.serialize(),
-            "rooms": {"join": join, "invite": invite, "leave": leave},
+            "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
             "presence": {"events": presence},
             "account_data": {"events": global_ad},
         }

@@ -54,6 +54,15 @@ async def join_any(requester, room_id_or_alias):
     return respond({"room_id": room_id})
 
 
+@bp.route("/knock/<path:room_id_or_alias>", methods=["POST"])
+@authed
+async def knock(requester, room_id_or_alias):
+    req = await body(ReasonBody, optional=True)
+    via = request.args.getlist("via") + request.args.getlist("server_name")
+    room_id = await hs().rooms.knock(requester, room_id_or_alias, req.reason, via=via[:10])
+    return respond({"room_id": room_id})
+
+
 @bp.route("/rooms/<room_id>/join", methods=["POST"])
 @authed
 async def join_room(requester, room_id):

@@ -1,4 +1,5 @@
-"""Joining, leaving and inviting across servers (both v1 and v2 shapes where they differ)."""
+"""Joining, leaving, knocking and inviting across servers (both v1 and v2 shapes where they
+differ)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,22 @@ async def make_join(origin, room_id, user_id):
 async def make_leave(origin, room_id, user_id):
     return respond(await hs().fed_membership.make_membership(origin, room_id, user_id, "leave",
                                                              None))
+
+
+@bp.route(f"{V1}/make_knock/<room_id>/<user_id>", methods=["GET"])
+@federation_authed
+async def make_knock(origin, room_id, user_id):
+    versions = request.args.getlist("ver")
+    return respond(await hs().fed_membership.make_membership(origin, room_id, user_id, "knock",
+                                                             versions))
+
+
+@bp.route(f"{V1}/send_knock/<room_id>/<event_id>", methods=["PUT"])
+@federation_authed
+async def send_knock(origin, room_id, event_id):
+    pdu = await json_object()
+    return respond(await hs().fed_membership.send_membership(origin, room_id, event_id, pdu,
+                                                             "knock"))
 
 
 @bp.route(f"{V2}/send_join/<room_id>/<event_id>", methods=["PUT"])

@@ -1,4 +1,5 @@
-"""Membership across servers: make_join/send_join, invites, make_leave/send_leave — both sides."""
+"""Membership across servers: make_join/send_join, invites, make_leave/send_leave and
+make_knock/send_knock — both sides."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ class FederationMembership:
             raise not_found("Unknown room")
         if server_of(user_id) != origin:
             raise forbidden("The user must belong to the requesting server")
-        if membership == "join" and version.identifier not in (supported or ["1"]):
+        if membership in ("join", "knock") and version.identifier not in (supported or ["1"]):
             raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION",
                               "Your server does not support this room's version",
                               room_version=version.identifier)
@@ -96,6 +97,8 @@ class FederationMembership:
         row = row or await hs.state.get_event(event_id)
         if row is None or row.soft_failed:
             raise forbidden("The event was not accepted")
+        if membership == "knock":  # what the knocking user is shown of the room meanwhile
+            return {"knock_room_state": await hs.rooms.invite_state(room_id, None)}
         if membership != "join":
             return {}
         before = await hs.state.state_at(row, before=True)
@@ -264,27 +267,59 @@ class FederationMembership:
     async def leave_remote(self, user_id: str, room_id: str, servers: list[str]) -> None:
         """Reject an invite (or leave) for a room we hold no state of."""
         hs = self.hs
-        for dest in [s for s in dict.fromkeys(servers) if s != hs.server_name]:
-            try:
-                made = await hs.federation_client.make_leave(dest, room_id, user_id)
-                version = get_room_version(made.get("room_version", "10"))
-                t = made["event"]
-                pdu = {k: t[k] for k in ("room_id", "sender", "type", "state_key", "depth",
-                                         "prev_events", "auth_events")}
-                pdu["content"] = {"membership": "leave"}
-                pdu["origin_server_ts"] = now_ms()
-                pdu = sign_event(add_content_hash(pdu), hs.server_name, hs.signing_key, version)
-                event_id = compute_event_id(pdu, version)
-                await hs.federation_client.send_leave(dest, room_id, event_id, pdu)
-                await self._remember_out_of_room_membership(pdu, event_id, version, user_id,
-                                                            "leave", [])
-                return
-            except (FederationError, DestinationUnreachable, KeyError, TypeError, ValueError) as e:
-                log.info("remote leave of %s via %s failed: %s", room_id, dest, e)
+        if await self._remote_membership(user_id, room_id, servers, "leave", {}) is not None:
+            return
         # Nobody reachable: forget the invite locally so the user is not stuck with it.
         m = await state_store.get_membership(room_id, user_id)
         if m is not None:
             await hs.events.set_out_of_room_membership(room_id, user_id, "leave", m["event_id"])
+
+    async def knock_remote(self, user_id: str, room_id: str, servers: list[str],
+                           content: dict[str, Any]) -> None:
+        """Knock on a room that lives elsewhere; the room's state it sends back is what the
+        user is shown of the room until they are let in (or not)."""
+        if await self._remote_membership(user_id, room_id, servers, "knock", content) is None:
+            raise MatrixError(502, "M_UNKNOWN", "No server of the room accepted the knock")
+
+    async def _remote_membership(self, user_id: str, room_id: str, servers: list[str],
+                                 membership: str, content: dict[str, Any]) -> Any:
+        """make_/send_ a leave or knock through the first server that takes it, then remember
+        the membership; the send_ answer, or None if no server took it. A refusal (403) of a
+        knock is the user's answer and is raised."""
+        hs = self.hs
+        client = hs.federation_client
+        make = {"leave": lambda d: client.make_leave(d, room_id, user_id),
+                "knock": lambda d: client.make_knock(d, room_id, user_id,
+                                                     list(KNOWN_ROOM_VERSIONS))}[membership]
+        send = {"leave": client.send_leave, "knock": client.send_knock}[membership]
+        for dest in [s for s in dict.fromkeys(servers) if s != hs.server_name]:
+            try:
+                made = await make(dest)
+                version = get_room_version(made.get("room_version", "10"))
+                t = made["event"]
+                pdu = {k: t[k] for k in ("room_id", "sender", "type", "state_key", "depth",
+                                         "prev_events", "auth_events")}
+                if (pdu["room_id"], pdu["sender"], pdu["state_key"]) != (room_id, user_id,
+                                                                         user_id):
+                    raise ValueError(f"make_{membership} returned a template for another user")
+                pdu["content"] = {**content, "membership": membership}
+                pdu["origin_server_ts"] = now_ms()
+                pdu = sign_event(add_content_hash(pdu), hs.server_name, hs.signing_key, version)
+                event_id = compute_event_id(pdu, version)
+                res = await send(dest, room_id, event_id, pdu)
+                state = res.get("knock_room_state") if isinstance(res, dict) else None
+                state = [e for e in state if isinstance(e, dict)][:50] \
+                    if isinstance(state, list) else []
+                await self._remember_out_of_room_membership(pdu, event_id, version, user_id,
+                                                            membership, state)
+                return res if res is not None else {}
+            except FederationError as e:
+                if membership == "knock" and e.status in (403, 400):
+                    raise forbidden(e.error or "The room's server refused the knock") from None
+                log.info("remote %s of %s via %s failed: %s", membership, room_id, dest, e)
+            except (DestinationUnreachable, KeyError, TypeError, ValueError) as e:
+                log.info("remote %s of %s via %s failed: %s", membership, room_id, dest, e)
+        return None
 
 
 def _signable(pdu: dict, version) -> dict:

@@ -307,6 +307,17 @@ class FederationClient:
             dest, "PUT", quote_path("/_matrix/federation/v2/send_leave/{}/{}", room_id,
                                     event_id), json=pdu)
 
+    async def make_knock(self, dest: str, room_id: str, user_id: str,
+                         versions: list[str]) -> Any:
+        return await self.request(
+            dest, "GET", quote_path("/_matrix/federation/v1/make_knock/{}/{}", room_id, user_id),
+            query={"ver": list(versions)})
+
+    async def send_knock(self, dest: str, room_id: str, event_id: str, pdu: dict) -> Any:
+        return await self.request(
+            dest, "PUT", quote_path("/_matrix/federation/v1/send_knock/{}/{}", room_id,
+                                    event_id), json=pdu)
+
     async def get_missing_events(self, dest: str, room_id: str, body: dict) -> Any:
         return await self.request(
             dest, "POST", quote_path("/_matrix/federation/v1/get_missing_events/{}", room_id),
