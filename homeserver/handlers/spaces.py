@@ -127,7 +127,7 @@ def _parse_token(token: str | None, max_depth: int, suggested_only: bool) -> int
     if token is None:
         return 0
     parts = token.split("_")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+    if len(parts) != 3 or not all(p.isdigit() and len(p) <= 18 for p in parts):
         raise MatrixError(400, "M_INVALID_PARAM", "Unknown pagination token")
     if (int(parts[1]), bool(int(parts[2]))) != (max_depth, suggested_only):
         raise MatrixError(400, "M_INVALID_PARAM",

@@ -102,6 +102,6 @@ def _parse_token(token: str | None) -> int | None:
         value = int(token)
     except ValueError:
         raise MatrixError(400, "M_INVALID_PARAM", "Unknown pagination token") from None
-    if value < 0:
+    if not 0 <= value < 2**63:  # a stream position (a 64-bit column)
         raise MatrixError(400, "M_INVALID_PARAM", "Unknown pagination token")
     return value

@@ -107,6 +107,7 @@ async def test_hierarchy_bad_requests(nio_user):
         (alice, public_space, {"max_depth": -1}, 400, "M_INVALID_PARAM"),
         (alice, public_space, {"suggested_only": "maybe"}, 400, "M_INVALID_PARAM"),
         (alice, public_space, {"from": "garbage"}, 400, "M_INVALID_PARAM"),
+        (alice, public_space, {"from": "9" * 5000 + "_50_0"}, 400, "M_INVALID_PARAM"),
         (alice, public_space, {"from": "1_3_0"}, 400, "M_INVALID_PARAM"),  # other max_depth
     ]:
         got, body = await _hierarchy(client, room, **params)

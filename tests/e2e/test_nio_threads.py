@@ -72,6 +72,7 @@ async def test_thread_list_bad_requests(nio_user):
     for client, params, status, errcode in [
         (alice, {"include": "some"}, 400, "M_INVALID_PARAM"),
         (alice, {"from": "yesterday"}, 400, "M_INVALID_PARAM"),
+        (alice, {"from": str(2**63)}, 400, "M_INVALID_PARAM"),  # found by the spec fuzzer
         (alice, {"limit": 0}, 400, "M_INVALID_PARAM"),
         (eve, {}, 403, "M_FORBIDDEN"),  # not in the room
     ]:
