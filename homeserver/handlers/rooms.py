@@ -223,18 +223,10 @@ class RoomHandler:
 
     async def join(self, requester: Requester, room_id_or_alias: str,
                    reason: str | None = None, via: list[str] | None = None) -> str:
-        room_id, servers = await self.resolve_room_and_servers(room_id_or_alias)
-        if not is_valid_room_id(room_id):
-            raise MatrixError(400, "M_INVALID_PARAM", "Not a valid room ID")
-        profile = await account_store.get_user(requester.user_id)
-        content = self._member_content("join", profile)
-        if reason:
-            content["reason"] = reason
-        if not await self._participating(room_id):
-            if not self.hs.config.federation.enabled:
-                raise not_found("Unknown room")
+        room_id, content, hints = await self._membership_target(
+            requester, room_id_or_alias, "join", reason, via)
+        if hints is not None:
             invite = await state_store.get_membership(room_id, requester.user_id)
-            hints = list(via or []) + servers + [server_of(room_id)]
             if invite and invite["membership"] == "invite":
                 inv = await self.hs.state.get_event(invite["event_id"])
                 if inv is not None:
@@ -251,22 +243,32 @@ class RoomHandler:
                     reason: str | None = None, via: list[str] | None = None) -> str:
         """Ask to join a room whose join rule is knock (or knock_restricted): its members
         see the knock and may invite the user in."""
-        room_id, servers = await self.resolve_room_and_servers(room_id_or_alias)
-        if not is_valid_room_id(room_id):
-            raise MatrixError(400, "M_INVALID_PARAM", "Not a valid room ID")
-        profile = await account_store.get_user(requester.user_id)
-        content = self._member_content("knock", profile)
-        if reason:
-            content["reason"] = reason
-        if not await self._participating(room_id):
-            if not self.hs.config.federation.enabled:
-                raise not_found("Unknown room")
-            hints = list(via or []) + servers + [server_of(room_id)]
+        room_id, content, hints = await self._membership_target(
+            requester, room_id_or_alias, "knock", reason, via)
+        if hints is not None:
             await self.hs.fed_membership.knock_remote(requester.user_id, room_id, hints, content)
             return room_id
         await self.hs.events.send_event(room_id, requester.user_id, "m.room.member", content,
                                         state_key=requester.user_id)
         return room_id
+
+    async def _membership_target(self, requester: Requester, room_id_or_alias: str,
+                                 membership: str, reason: str | None, via: list[str] | None
+                                 ) -> tuple[str, dict[str, Any], list[str] | None]:
+        """For a join or knock: (room ID, member event content, None for a room held here or
+        else the servers to ask for it, best first)."""
+        room_id, servers = await self.resolve_room_and_servers(room_id_or_alias)
+        if not is_valid_room_id(room_id):
+            raise MatrixError(400, "M_INVALID_PARAM", "Not a valid room ID")
+        profile = await account_store.get_user(requester.user_id)
+        content = self._member_content(membership, profile)
+        if reason:
+            content["reason"] = reason
+        if await self._participating(room_id):
+            return room_id, content, None
+        if not self.hs.config.federation.enabled:
+            raise not_found("Unknown room")
+        return room_id, content, list(via or []) + servers + [server_of(room_id)]
 
     async def leave(self, requester: Requester, room_id: str, reason: str | None = None) -> None:
         if is_valid_room_id(room_id) and not await self.hs.state.is_room_known(room_id):
