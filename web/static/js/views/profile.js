@@ -9,10 +9,9 @@ export function mountProfile(main) {
   document.title = `${t('profile.title')} · Nexa`;
   const me = ctx.store.me;
   const nameId = uid('p');
-  // Once the user types, the profile arriving from the server must not overwrite the field.
-  let typed = false;
-  const name = h('input', { id: nameId, maxlength: '255', autocomplete: 'nickname',
-    oninput: () => { typed = true; } });
+  // Editable once the profile has arrived: text typed before would be overwritten (or, with
+  // the old name selected to be replaced, appended to it).
+  const name = h('input', { id: nameId, maxlength: '255', autocomplete: 'nickname', disabled: true });
   const pic = h('div', { class: 'profile-avatar' });
   const file = h('input', { type: 'file', accept: 'image/png,image/jpeg,image/gif,image/webp', hidden: true });
   const save = h('button', { type: 'submit', class: 'btn btn-primary' }, t('profile.save'));
@@ -67,9 +66,10 @@ export function mountProfile(main) {
 
   ctx.api.profile(me).then((p) => {
     profile = p || {};
-    if (!typed) name.value = profile.displayname || '';
+    name.value = profile.displayname || '';
+    name.disabled = false;
     renderPic();
-  }, () => renderPic());
+  }, () => { name.disabled = false; renderPic(); });
   renderPic();
   return { destroy() {} };
 }
