@@ -43,11 +43,11 @@ class SpacesHandler:
         root_state = await self.hs.state.current_state_ids(room_id)
         if not root_state or not await self._may_see(room_id, root_state, memberships):
             raise forbidden("You may not see this room or space")
-        rooms: list[dict[str, Any]] = []
+        page: list[tuple[str, dict, list[EventRow]]] = []  # (room, state IDs, children)
         stack: list[tuple[str, int]] = [(room_id, 0)]
         seen: set[str] = set()
         returned = walked = 0
-        while stack and len(rooms) < limit and walked < MAX_ROOMS_WALKED:
+        while stack and len(page) < limit and walked < MAX_ROOMS_WALKED:
             rid, depth = stack.pop()
             if rid in seen:
                 continue
@@ -58,12 +58,19 @@ class SpacesHandler:
                 continue
             children = await self._children(ids, suggested_only)
             if returned >= skip:
-                rooms.append(await self._entry(rid, ids, children))
+                page.append((rid, ids, children))
             returned += 1
             if depth < max_depth:
                 stack.extend((c.state_key, depth + 1) for c in reversed(children))
-        out: dict[str, Any] = {"rooms": rooms}
-        if stack and (len(rooms) >= limit or walked >= MAX_ROOMS_WALKED):
+        # The page's summaries: one read of member counts and one of summary events for all.
+        counts = await state_store.joined_counts([rid for rid, _, _ in page])
+        summary = {rid: [ids[(t, "")] for t in ROOM_SUMMARY_TYPES if (t, "") in ids]
+                   for rid, ids, _ in page}
+        rows = await self.hs.state.get_events(e for eids in summary.values() for e in eids)
+        out: dict[str, Any] = {"rooms": [
+            _entry(rid, [rows[e] for e in summary[rid] if e in rows], children, counts.get(rid, 0))
+            for rid, _, children in page]}
+        if stack and (len(page) >= limit or walked >= MAX_ROOMS_WALKED):
             out["next_batch"] = f"{returned}_{max_depth}_{int(suggested_only)}"
         return out
 
@@ -102,15 +109,16 @@ class SpacesHandler:
             children.append(row)
         return sorted(children, key=_child_order)
 
-    async def _entry(self, room_id: str, ids: dict, children: list[EventRow]) -> dict[str, Any]:
-        rows = await self.hs.state.get_events(
-            ids[(t, "")] for t in ROOM_SUMMARY_TYPES if (t, "") in ids)
-        entry = room_entry(room_id, await state_store.joined_count(room_id),
-                           {r.type: r for r in rows.values()})
-        entry["children_state"] = [
-            {"type": _CHILD, "state_key": c.state_key, "content": c.pdu.get("content") or {},
-             "sender": c.sender, "origin_server_ts": c.origin_server_ts} for c in children]
-        return entry
+
+def _entry(room_id: str, summary: list[EventRow], children: list[EventRow],
+           joined: int) -> dict[str, Any]:
+    """The room's public summary, its room type and its children's state (stripped, with
+    their time)."""
+    entry = room_entry(room_id, joined, {r.type: r for r in summary})
+    entry["children_state"] = [
+        {"type": _CHILD, "state_key": c.state_key, "content": c.pdu.get("content") or {},
+         "sender": c.sender, "origin_server_ts": c.origin_server_ts} for c in children]
+    return entry
 
 
 def _child_order(row: EventRow) -> tuple:

@@ -115,10 +115,16 @@ async def shared_room_counts(user_id: str) -> dict[str, int]:
     return {r["uid"]: r["n"] for r in rows}
 
 
-async def joined_count(room_id: str) -> int:
-    rows = await sql.fetch("SELECT COUNT(*) AS n FROM room_memberships WHERE room_id = ? AND "
-                           "membership = ?", [room_id, "join"])
-    return int(rows[0]["n"]) if rows else 0
+async def joined_counts(room_ids: list[str]) -> dict[str, int]:
+    """room_id -> number of joined members (rooms without any are left out)."""
+    out: dict[str, int] = {}
+    for i in range(0, len(room_ids), 500):
+        chunk = room_ids[i:i + 500]
+        rows = await sql.fetch(
+            "SELECT room_id, COUNT(*) AS n FROM room_memberships WHERE membership = ? AND "
+            f"room_id IN ({sql.placeholders(len(chunk))}) GROUP BY room_id", ["join", *chunk])
+        out.update({r["room_id"]: int(r["n"]) for r in rows})
+    return out
 
 
 async def set_forgotten(room_id: str, user_id: str) -> None:
