@@ -188,30 +188,48 @@ async def test_messages_queued_behind_a_refused_write_are_built_again(server, ap
     assert sorted(bodies) == sorted(["first"] + [f"n{i}" for i in range(20)])
 
 
-async def test_extremities_read_while_a_write_is_queued_include_it(server, api):
+async def test_extremities_read_while_a_write_is_queued_include_it(server, api, monkeypatch):
     """The cached forward extremities lost while a message is queued (not committed): reading
     them again waits for the room's queued writes, so what the next event follows includes
     the message instead of forking from the database's older view."""
     import asyncio
 
+    from homeserver.handlers import events as events_module
+
     alice, _, room_id = await api.two_in_a_public_room()
     handler = server.hs.events
+    queued_one = asyncio.Event()
+    real_queue = handler.writer.queue
+
+    def queue(write):
+        real_queue(write)
+        queued_one.set()
+        return write
+
+    monkeypatch.setattr(handler.writer, "queue", queue)
+    # Whether the queued write was done at each read of the extremities from the database.
+    read_after_commit: list[bool] = []
+    real_read = events_module.event_store.get_extremities
+
+    async def get_extremities(rid):
+        read_after_commit.append(handler._last_write.get(rid) is None
+                                 or handler._last_write[rid].done.done())
+        return await real_read(rid)
+
+    monkeypatch.setattr(events_module.event_store, "get_extremities", get_extremities)
     token = server.hs.db.activate()
     try:
         async with handler.persist_lock:  # the writer cannot commit meanwhile
             send = asyncio.create_task(alice.put(f"/rooms/{room_id}/send/m.room.message/q",
                                                  {"msgtype": "m.text", "body": "queued"}))
             async with asyncio.timeout(10):
-                while room_id not in handler._last_write:  # until the message is queued
-                    await asyncio.sleep(0)
-            queued = handler._last_write[room_id]
-            assert not queued.done.done()
+                await queued_one.wait()
+            assert not handler._last_write[room_id].done.done()
             handler._extremities.pop(room_id)
             read = asyncio.create_task(handler.extremities(room_id))
-            for _ in range(5):  # let the read start before the writer may commit
-                await asyncio.sleep(0)
         sent = await send
         assert sent.status == 200
         assert await read == [sent.json["event_id"]]
+        assert read_after_commit and all(read_after_commit), read_after_commit
     finally:
         server.hs.db.deactivate(token)
