@@ -13,6 +13,11 @@ import aiohttp
 REQUEST_TIMEOUT_S = 90
 
 
+def by_state_key(events: list[dict]) -> dict[tuple[str, str], dict]:
+    """State events (full or stripped) by (type, state_key)."""
+    return {(e["type"], e["state_key"]): e for e in events}
+
+
 def dump_tasks(reason: str) -> None:
     """Print every asyncio task's stack (the servers under test run in this process), so a
     request that never gets an answer shows where the server is waiting."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import nio
 
+from tests.client import by_state_key
 from tests.e2e.nio_helpers import ok, raw, sync_until, timeline
 
 
@@ -28,7 +29,7 @@ async def test_knock_then_invited_in(nio_user):
                             params={"since": first["next_batch"], "timeout": "0"})
     assert status == 200 and room_id in res["rooms"]["knock"], res["rooms"]
     knock_state = res["rooms"]["knock"][room_id]["knock_state"]["events"]
-    by_type = {(e["type"], e["state_key"]): e for e in knock_state}
+    by_type = by_state_key(knock_state)
     assert by_type[("m.room.join_rules", "")]["content"]["join_rule"] == "knock"
     assert by_type[("m.room.name", "")]["content"]["name"] == "Book club"
     assert by_type[("m.room.member", bob.user_id)]["content"]["membership"] == "knock"

@@ -20,7 +20,7 @@ from homeserver.events.canonical import canonical_json, decode_b64, encode_b64
 from homeserver.events.hashing import add_content_hash, compute_event_id
 from homeserver.events.room_versions import RoomVersion
 from homeserver.events.signing import SigningKey, sign_event
-from tests.client import Api, User
+from tests.client import Api, User, by_state_key
 from tests.federation.fake_server import FakeServer, path, xmatrix
 from tests.servers import RunningServer, start_server
 
@@ -77,7 +77,7 @@ class Room:
     async def state(self) -> dict[tuple[str, str], dict]:
         r = await self.admin.get(f"/rooms/{self.room_id}/state")
         assert r.status == 200, r
-        return {(e["type"], e["state_key"]): e for e in r.json}
+        return by_state_key(r.json)
 
     async def state_content(self, type_: str, state_key: str = "") -> Any:
         r = await self.admin.get(f"/rooms/{self.room_id}/state/{type_}/{state_key}")

@@ -3,7 +3,7 @@ sent (invite_room_state), so the invite shows the room's name before anyone join
 
 from __future__ import annotations
 
-from tests.client import Api
+from tests.client import Api, by_state_key
 
 
 async def test_remote_invite_shows_the_room_summary(servers):
@@ -16,7 +16,7 @@ async def test_remote_invite_shows_the_room_summary(servers):
         assert r.status == 200, r
         res = await bob.sync(before, timeout=10_000)
         events = res["rooms"]["invite"][room_id]["invite_state"]["events"]
-        by_type = {(e["type"], e["state_key"]): e for e in events}
+        by_type = by_state_key(events)
         assert by_type[("m.room.name", "")]["content"]["name"] == "Secret plans"
         assert by_type[("m.room.join_rules", "")]["content"]["join_rule"] == "invite"
         assert by_type[("m.room.member", bob.user_id)]["content"]["membership"] == "invite"

@@ -3,7 +3,7 @@ room's summary under rooms.knock, the room's members see the knock and invite th
 
 from __future__ import annotations
 
-from tests.client import Api
+from tests.client import Api, by_state_key
 from tests.federation.helpers import Timeline
 
 
@@ -20,7 +20,7 @@ async def test_remote_user_knocks_and_is_let_in(servers):
         assert r.status == 200 and r.json == {"room_id": room_id}, r
         res = await bob.sync(before, timeout=0)
         knock_state = res["rooms"]["knock"][room_id]["knock_state"]["events"]
-        by_type = {(e["type"], e["state_key"]): e for e in knock_state}
+        by_type = by_state_key(knock_state)
         assert by_type[("m.room.join_rules", "")]["content"]["join_rule"] == "knock"
         assert by_type[("m.room.name", "")]["content"]["name"] == "Book club"
         assert by_type[("m.room.member", bob.user_id)]["content"]["membership"] == "knock"
