@@ -45,22 +45,16 @@ class TargetBody(ReasonBody):
     user_id: str = Field(max_length=255)
 
 
-@bp.route("/join/<path:room_id_or_alias>", methods=["POST"])
+@bp.route("/join/<path:room_id_or_alias>", methods=["POST"], defaults={"membership": "join"})
+@bp.route("/knock/<path:room_id_or_alias>", methods=["POST"], defaults={"membership": "knock"})
 @authed
-async def join_any(requester, room_id_or_alias):
+async def join_or_knock(requester, room_id_or_alias, membership):
+    """Join, or ask to join, a room by ID or alias; `via` (or the older `server_name`) names
+    servers that can help with a room that lives elsewhere."""
     req = await body(ReasonBody, optional=True)
-    via = request.args.getlist("via") + request.args.getlist("server_name")
-    room_id = await hs().rooms.join(requester, room_id_or_alias, req.reason, via=via[:10])
-    return respond({"room_id": room_id})
-
-
-@bp.route("/knock/<path:room_id_or_alias>", methods=["POST"])
-@authed
-async def knock(requester, room_id_or_alias):
-    req = await body(ReasonBody, optional=True)
-    via = request.args.getlist("via") + request.args.getlist("server_name")
-    room_id = await hs().rooms.knock(requester, room_id_or_alias, req.reason, via=via[:10])
-    return respond({"room_id": room_id})
+    via = (request.args.getlist("via") + request.args.getlist("server_name"))[:10]
+    act = hs().rooms.join if membership == "join" else hs().rooms.knock
+    return respond({"room_id": await act(requester, room_id_or_alias, req.reason, via=via)})
 
 
 @bp.route("/rooms/<room_id>/join", methods=["POST"])
