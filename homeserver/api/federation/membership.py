@@ -13,43 +13,30 @@ V1 = "/_matrix/federation/v1"
 V2 = "/_matrix/federation/v2"
 
 
-@bp.route(f"{V1}/make_join/<room_id>/<user_id>", methods=["GET"])
+@bp.route(f"{V1}/make_join/<room_id>/<user_id>", methods=["GET"],
+          defaults={"membership": "join"})
+@bp.route(f"{V1}/make_leave/<room_id>/<user_id>", methods=["GET"],
+          defaults={"membership": "leave"})
+@bp.route(f"{V1}/make_knock/<room_id>/<user_id>", methods=["GET"],
+          defaults={"membership": "knock"})
 @federation_authed
-async def make_join(origin, room_id, user_id):
-    versions = request.args.getlist("ver")
-    return respond(await hs().fed_membership.make_membership(origin, room_id, user_id, "join",
-                                                             versions))
+async def make_membership(origin, room_id, user_id, membership):
+    versions = request.args.getlist("ver")  # the room versions the asking server supports
+    return respond(await hs().fed_membership.make_membership(origin, room_id, user_id,
+                                                             membership, versions))
 
 
-@bp.route(f"{V1}/make_leave/<room_id>/<user_id>", methods=["GET"])
+@bp.route(f"{V2}/send_join/<room_id>/<event_id>", methods=["PUT"],
+          defaults={"membership": "join"})
+@bp.route(f"{V2}/send_leave/<room_id>/<event_id>", methods=["PUT"],
+          defaults={"membership": "leave"})
+@bp.route(f"{V1}/send_knock/<room_id>/<event_id>", methods=["PUT"],
+          defaults={"membership": "knock"})
 @federation_authed
-async def make_leave(origin, room_id, user_id):
-    return respond(await hs().fed_membership.make_membership(origin, room_id, user_id, "leave",
-                                                             None))
-
-
-@bp.route(f"{V1}/make_knock/<room_id>/<user_id>", methods=["GET"])
-@federation_authed
-async def make_knock(origin, room_id, user_id):
-    versions = request.args.getlist("ver")
-    return respond(await hs().fed_membership.make_membership(origin, room_id, user_id, "knock",
-                                                             versions))
-
-
-@bp.route(f"{V1}/send_knock/<room_id>/<event_id>", methods=["PUT"])
-@federation_authed
-async def send_knock(origin, room_id, event_id):
+async def send_membership(origin, room_id, event_id, membership):
     pdu = await json_object()
     return respond(await hs().fed_membership.send_membership(origin, room_id, event_id, pdu,
-                                                             "knock"))
-
-
-@bp.route(f"{V2}/send_join/<room_id>/<event_id>", methods=["PUT"])
-@federation_authed
-async def send_join_v2(origin, room_id, event_id):
-    pdu = await json_object()
-    return respond(await hs().fed_membership.send_membership(origin, room_id, event_id, pdu,
-                                                             "join"))
+                                                             membership))
 
 
 @bp.route(f"{V1}/send_join/<room_id>/<event_id>", methods=["PUT"])
@@ -58,14 +45,6 @@ async def send_join_v1(origin, room_id, event_id):
     pdu = await json_object()
     res = await hs().fed_membership.send_membership(origin, room_id, event_id, pdu, "join")
     return respond([200, res])
-
-
-@bp.route(f"{V2}/send_leave/<room_id>/<event_id>", methods=["PUT"])
-@federation_authed
-async def send_leave_v2(origin, room_id, event_id):
-    pdu = await json_object()
-    return respond(await hs().fed_membership.send_membership(origin, room_id, event_id, pdu,
-                                                             "leave"))
 
 
 @bp.route(f"{V1}/send_leave/<room_id>/<event_id>", methods=["PUT"])
